@@ -1,0 +1,72 @@
+"""The ESCI label set and its ranking gains.
+
+Labels are configurable data: a `LabelSet` names the classes (in output order), their one-letter
+codes and the gain each contributes to the ranking `score` (the expected gain under the model's
+probabilities) and to nDCG.
+
+Example:
+>>> from esr_tf.labels import ESCI
+>>> ESCI.parse("Exact"), ESCI.parse("s"), ESCI.names[2]
+(0, 1, 'complement')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """Class names, one-letter codes and ranking gains, in model output order."""
+
+    names: tuple[str, ...] = ("exact", "substitute", "complement", "irrelevant")
+    codes: tuple[str, ...] = ("E", "S", "C", "I")
+    # ESCI gains of the Shopping Queries paper: E 1.0, S 0.1, C 0.01, I 0.0.
+    gains: tuple[float, ...] = (1.0, 0.1, 0.01, 0.0)
+    _lookup: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (len(self.names) == len(self.codes) == len(self.gains)):
+            raise ValueError("LabelSet: names, codes and gains must have the same length")
+        lookup: dict[str, int] = {}
+        for i, (name, code) in enumerate(zip(self.names, self.codes, strict=True)):
+            lookup[name.lower()] = i
+            lookup[code.lower()] = i
+        object.__setattr__(self, "_lookup", lookup)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.names)
+
+    def parse(self, value: str) -> int:
+        """Maps a label spelling (`E`, `exact`, any case) to its index; raises `ValueError`."""
+        key = str(value).strip().lower()
+        if key not in self._lookup:
+            allowed = "/".join(self.codes) + " or " + "/".join(self.names)
+            raise ValueError(f"unknown label {value!r} (expected {allowed}, any case)")
+        return self._lookup[key]
+
+    def get_config(self) -> dict:
+        return {"names": list(self.names), "codes": list(self.codes), "gains": list(self.gains)}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LabelSet:
+        return cls(
+            names=tuple(config["names"]),
+            codes=tuple(config["codes"]),
+            gains=tuple(float(g) for g in config["gains"]),
+        )
+
+    @classmethod
+    def coerce(cls, value: LabelSet | dict | Sequence[str] | None) -> LabelSet:
+        if value is None:
+            return ESCI
+        if isinstance(value, LabelSet):
+            return value
+        if isinstance(value, dict):
+            return cls.from_config(value)
+        raise TypeError(f"cannot build a LabelSet from {type(value).__name__}")
+
+
+ESCI = LabelSet()
