@@ -1,0 +1,312 @@
+"""The generic catalogue folder format (CSV or JSONL) and its loader, `load_catalogue`.
+
+A catalogue folder holds two tables, each as `.csv` (UTF-8, header row) or `.jsonl` (one UTF-8
+JSON object per line), with the same column / field names:
+
+- `products`: `product_id`, `title` (required); `description`, `brand`, `color`, `image`
+  (optional). `image` is a path relative to the folder ("" = no image); absolute paths and
+  paths or symlinks leading outside the folder are always refused.
+- `examples`: `query`, `product_id`, `label` (required); `query_id`, `split` (optional).
+  Labels are the label set's codes or names in any case (`E`, `exact`, ...). A missing
+  `query_id` is derived from the query text; a missing split from a hash of the query text
+  (80 / 10 / 10 train / valid / test). A query in two splits is an error.
+
+Rows are numbered from 1 after the CSV header (the physical `line` is added when it differs);
+JSONL records are numbered by line. Column names are matched case-insensitively.
+
+Example:
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "products.csv").write_text("product_id,title\\np1,Red mug\\np2,Blue mug\\n")
+>>> rows = "query,product_id,label\\nred mug,p1,E\\nred mug,p2,S\\n"
+>>> _ = (folder / "examples.csv").write_text(rows)
+>>> cat = load_catalogue(folder)
+>>> [e.label for e in cat.examples], len(cat.splits())
+([0, 1], 1)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esr_tf.data.catalogue import (
+    Catalogue,
+    CatalogueError,
+    Example,
+    ImagePolicy,
+    Product,
+    SplitGuard,
+    TextFixer,
+    derive_query_id,
+    hash_split,
+    locate,
+    log_fallbacks,
+    parse_split,
+)
+from esr_tf.data.image_files import resolve_inside
+from esr_tf.labels import ESCI, LabelSet
+
+PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "color", "image")
+EXAMPLE_COLUMNS = ("query", "query_id", "product_id", "label", "split")
+_REQUIRED = {"products": ("product_id", "title"), "examples": ("query", "product_id", "label")}
+
+
+@dataclass
+class Table:
+    """Rows of one CSV / JSONL file: `records` holds `(row or line number, {column: text})`."""
+
+    path: Path
+    unit: str  # "row" (CSV) or "line" (JSONL)
+    columns: list[str]
+    records: list[tuple[int, dict[str, str | None]]] = field(default_factory=list)
+
+    def where(self, number: int | None = None, column: str | None = None) -> str:
+        return locate(self.path, number, column, unit=self.unit)
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def read_csv(path: str | Path) -> Table:
+    """Reads a UTF-8 CSV file (a leading BOM is allowed); errors name the row and column."""
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text, bad_bytes = raw.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        # Decode losslessly and locate the bad bytes row by row, so the error can name them.
+        text, bad_bytes = raw.decode("utf-8-sig", errors="surrogateescape"), True
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    # Over-long cells are truncated later (a documented fallback), so lift csv's 128 KiB limit.
+    old_limit = csv.field_size_limit(2**31 - 1)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise CatalogueError(f"{path}: the file is empty (expected a header row)")
+        if bad_bytes and any(_has_surrogate(h) for h in header):
+            raise CatalogueError(f"{path}, header (line 1): bytes that are not valid UTF-8")
+        columns = [h.strip().lower() for h in header]
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise CatalogueError(f"{path}, header: duplicated column(s) {dupes}")
+        table = Table(path, "row", columns)
+        for number, values in enumerate(reader, start=1):
+            if not values:
+                continue  # blank line
+            line = reader.line_num
+            if len(values) != len(columns):
+                raise CatalogueError(
+                    f"{table.where(number)} (line {line}): {len(values)} fields, "
+                    f"the header has {len(columns)}"
+                )
+            if bad_bytes:
+                for name, value in zip(columns, values, strict=True):
+                    if _has_surrogate(value):
+                        raise CatalogueError(
+                            f"{table.where(number, name)} (line {line}): bytes that are not "
+                            "valid UTF-8 (save the file as UTF-8)"
+                        )
+            table.records.append((number, dict(zip(columns, values, strict=True))))
+    except csv.Error as e:
+        raise CatalogueError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+    finally:
+        csv.field_size_limit(old_limit)
+    return table
+
+
+def _json_text(table: Table, line: int, key: str, value) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise CatalogueError(
+        f"{table.where(line, key)}: expected a string, got {type(value).__name__} {value!r}"
+    )
+
+
+def read_jsonl(path: str | Path) -> Table:
+    """Reads one JSON object per line (blank lines skipped); errors name the line and field."""
+    path = Path(path)
+    table = Table(path, "line", [])
+    seen: dict[str, None] = {}
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CatalogueError(
+                f"{path}, line {number}: bytes that are not valid UTF-8 at byte {e.start} of the "
+                "line (save the file as UTF-8)"
+            ) from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CatalogueError(f"{path}, line {number}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise CatalogueError(f"{path}, line {number}: expected a JSON object")
+        record = {}
+        for key, value in obj.items():
+            name = str(key).strip().lower()
+            record[name] = _json_text(table, number, name, value)
+            seen.setdefault(name, None)
+        table.records.append((number, record))
+    table.columns = list(seen)
+    return table
+
+
+def read_table(path: str | Path) -> Table:
+    path = Path(path)
+    return read_jsonl(path) if path.suffix.lower() == ".jsonl" else read_csv(path)
+
+
+def _find(root: Path, stem: str) -> Path:
+    found = [root / f"{stem}{s}" for s in (".csv", ".jsonl") if (root / f"{stem}{s}").is_file()]
+    if not found:
+        raise CatalogueError(f"{root}: no {stem}.csv or {stem}.jsonl in the catalogue folder")
+    if len(found) > 1:
+        raise CatalogueError(f"{root}: both {stem}.csv and {stem}.jsonl exist; keep one")
+    return found[0]
+
+
+def _require(table: Table, kind: str) -> None:
+    required = _REQUIRED[kind]
+    if table.unit == "row":
+        missing = [c for c in required if c not in table.columns]
+        if missing:
+            raise CatalogueError(
+                f"{table.path}: missing required column(s) {', '.join(map(repr, missing))} "
+                f"(found: {', '.join(table.columns)})"
+            )
+        return
+    for number, record in table.records:
+        for name in required:
+            if record.get(name) is None:
+                raise CatalogueError(f"{table.where(number, name)}: required field is missing")
+
+
+def _read_products(
+    table: Table, root: Path, fix: TextFixer, images: ImagePolicy
+) -> dict[str, Product]:
+    _require(table, "products")
+    products: dict[str, Product] = {}
+    rows: dict[str, int] = {}
+    for number, r in table.records:
+        pid = (r.get("product_id") or "").strip()
+        if not pid:
+            raise CatalogueError(f"{table.where(number, 'product_id')}: empty product id")
+        if pid in rows:
+            raise CatalogueError(
+                f"{table.where(number, 'product_id')}: duplicated product id {pid!r} "
+                f"(first at {table.unit} {rows[pid]})"
+            )
+        rows[pid] = number
+        title = fix(r.get("title"))
+        if not title:
+            fix.fixes["title_empty"] += 1
+        image = ""
+        shown = (r.get("image") or "").strip()
+        if shown:
+            where = table.where(number, "image")
+            try:
+                path = resolve_inside(root, shown)
+            except ValueError as e:
+                raise CatalogueError(f"{where}: {e}") from None
+            image = images(path, where, shown)
+        products[pid] = Product(
+            product_id=pid,
+            title=title,
+            description=fix(r.get("description")),
+            brand=fix(r.get("brand")),
+            color=fix(r.get("color")),
+            image=image,
+        )
+    return products
+
+
+def _read_examples(
+    table: Table, products: dict[str, Product], label_set: LabelSet, fix: TextFixer
+) -> list[Example]:
+    _require(table, "examples")
+    examples: list[Example] = []
+    guard = SplitGuard(table.path, table.unit)
+    pairs: dict[tuple[str, str], int] = {}
+    for number, r in table.records:
+        query = fix(r.get("query"))
+        if not query:
+            raise CatalogueError(f"{table.where(number, 'query')}: empty query")
+        pid = (r.get("product_id") or "").strip()
+        if pid not in products:
+            raise CatalogueError(
+                f"{table.where(number, 'product_id')}: unknown product id {pid!r} "
+                "(not in the products file)"
+            )
+        try:
+            label = label_set.parse(r.get("label") or "")
+        except ValueError as e:
+            raise CatalogueError(f"{table.where(number, 'label')}: {e}") from None
+        query_id = (r.get("query_id") or "").strip() or derive_query_id(query)
+        split_text = (r.get("split") or "").strip()
+        try:
+            split = parse_split(split_text) if split_text else hash_split(query)
+        except ValueError as e:
+            raise CatalogueError(f"{table.where(number, 'split')}: {e}") from None
+        guard.check(query, query_id, split, number)
+        first = pairs.setdefault((query_id, pid), number)
+        if first != number:
+            raise CatalogueError(
+                f"{table.where(number, 'product_id')}: query {query!r} judges product {pid!r} "
+                f"a second time (first at {table.unit} {first})"
+            )
+        examples.append(Example(query, query_id, pid, label, split))
+    return examples
+
+
+def load_catalogue(
+    path: str | Path,
+    *,
+    missing_images: str = "error",
+    label_set: LabelSet = ESCI,
+    max_text_chars: int = 2000,
+) -> Catalogue:
+    """Loads a catalogue folder (`products` + `examples`, CSV or JSONL; see the module docs).
+
+    Args:
+        path: the catalogue folder; image paths are relative to it.
+        missing_images: "error" raises on an unusable image file (missing, empty, truncated,
+            not an image, too large); "no_image" loads the product without image and counts the
+            reason in `Catalogue.image_problems`.
+        label_set: the label vocabulary (`ESCI` by default).
+        max_text_chars: longer texts are cut to this length, counted in
+            `Catalogue.fixes["text_truncated"]`.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise CatalogueError(f"{root}: not a folder (expected products + examples files in it)")
+    label_set = LabelSet.coerce(label_set)
+    fixes: Counter = Counter()
+    fix = TextFixer(max_text_chars, fixes)
+    images = ImagePolicy(missing_images)
+    products = _read_products(read_table(_find(root, "products")), root, fix, images)
+    examples = _read_examples(read_table(_find(root, "examples")), products, label_set, fix)
+    log_fallbacks(root, dict(images.problems), dict(fixes))
+    return Catalogue(
+        root=root.resolve(),
+        products=products,
+        examples=examples,
+        label_set=label_set,
+        image_problems=dict(images.problems),
+        fixes=dict(fixes),
+    )
