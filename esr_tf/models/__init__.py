@@ -1,0 +1,1 @@
+"""Models of esr_tf: backbones, fusion and the relevance model."""

@@ -1,0 +1,1 @@
+"""Pretrained image and text backbones (import the submodules; nothing heavy is imported here)."""
