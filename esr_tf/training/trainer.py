@@ -1,0 +1,229 @@
+"""Keras `fit` on the shared tf.data pipeline, with checkpoints that survive a killed run.
+
+`train(config)` builds the model, fits it and saves `<out_dir>/model.keras`. With both backbones
+frozen and `cache_features` on, it fits `model.head_model()` on backbone outputs computed once
+(`BackboneFeatures`); otherwise the full model on raw strings and image bytes through the
+`RelevancePreprocessor`. Either way: AdamW with warm-up and cosine decay, class weights or focal
+loss, best-model checkpoint, `BackupAndRestore` (rerun the same command after `kill -9` and it
+resumes from the last finished epoch), early stopping, TensorBoard and CSV logs.
+
+Example:
+>>> from esr_tf.training.config import parse_config
+>>> result = train(parse_config({"demo_size": "tiny", "epochs": 1}))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
+from esr_tf.models.builder import build_relevance_model
+from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.training.config import TrainConfig
+from esr_tf.training.distribute import make_strategy
+from esr_tf.training.feature_cache import BackboneFeatures, targets
+from esr_tf.training.losses import RelevanceLoss
+
+log = logging.getLogger("esr_tf.training")
+
+
+class TrainingError(RuntimeError):
+    """Training could not finish (e.g. the loss became NaN); the message says where."""
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    catalogue: Catalogue
+    out_dir: Path
+    model_path: Path
+    epochs_run: int
+
+
+def load_training_data(config: TrainConfig) -> Catalogue:
+    """The catalogue named by `config.data`, generating the demo shop for `"demo"`."""
+    if config.data == "demo":
+        folder = generate_demo_shop(
+            Path(config.out_dir) / "demo_shop", seed=config.seed, size=config.demo_size
+        )
+    else:
+        folder = Path(config.data)
+    return load_catalogue(folder, missing_images=config.missing_images)
+
+
+def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
+    """Per-label weights: ones, or inverse frequency normalised to mean 1 over examples."""
+    if mode == "none":
+        return np.ones(num_labels, np.float32)
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 0.0)
+    return weights.astype(np.float32)
+
+
+def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    total = max(1, steps_per_epoch * config.epochs)
+    warmup = int(total * config.warmup_fraction)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else config.learning_rate,
+        decay_steps=max(1, total - warmup),
+        alpha=0.05,
+        warmup_target=config.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def _callbacks(config: TrainConfig, out: Path) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
+        keras.callbacks.ModelCheckpoint(
+            str(out / "checkpoints" / "best.weights.h5"),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+        ),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False),
+    ]
+    if config.early_stopping_patience > 0:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=config.early_stopping_patience,
+                restore_best_weights=True,
+            )
+        )
+    return callbacks
+
+
+def _set_precision(config: TrainConfig) -> None:
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    use = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
+    keras.mixed_precision.set_global_policy("mixed_float16" if use else "float32")
+
+
+def train(
+    config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: int = 1
+) -> TrainResult:
+    """Trains per `config`; returns the trained model (best `val_loss` weights) and its history."""
+    strategy = make_strategy(config.strategy)  # before any other TF op, for multi-worker
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    _set_precision(config)
+    catalogue = catalogue or load_training_data(config)
+    for split in ("train", "valid"):
+        if not len(catalogue.select(split)):
+            raise TrainingError(f"the catalogue at {catalogue.root} has no '{split}' examples")
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    with strategy.scope():
+        model = build_relevance_model(config.model)
+        train_cols, valid_cols = catalogue.columns("train"), catalogue.columns("valid")
+        num_labels = model.label_set.num_labels
+        gains = tuple(model.label_set.gains)
+        weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)
+        steps = math.ceil(len(train_cols["label"]) / config.batch_size)
+        loss = RelevanceLoss(num_labels, config.loss, config.focal_gamma, config.label_smoothing)
+        use_cache = (
+            config.cache_features
+            and not model.text_backbone.trainable
+            and not model.image_backbone.trainable
+        )
+        trainee = model.head_model() if use_cache else model
+        trainee.compile(
+            optimizer=_optimizer(config, steps),
+            loss={"probabilities": loss},
+            metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
+        )
+    if use_cache:
+        log.info(
+            "computing frozen backbone outputs once for %d + %d examples",
+            len(train_cols["label"]),
+            len(valid_cols["label"]),
+        )
+        train_feats = BackboneFeatures.compute(model, train_cols)
+        valid_feats = BackboneFeatures.compute(model, valid_cols)
+        train_ds = train_feats.dataset(
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            repeat=True,
+            sample_weights=weights[train_feats.labels],
+            gains=gains,
+        )
+        valid_ds = valid_feats.dataset(batch_size=config.batch_size, gains=gains)
+    else:
+        train_ds = make_dataset(
+            train_cols,
+            model.preprocessor,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            repeat=True,
+            cache=True,
+            deterministic=config.deterministic,
+        ).map(
+            lambda x, y: (
+                x,
+                targets(y, gains),
+                {"probabilities": tf.gather(weights, y), "score": tf.gather(weights, y)},
+            )
+        )
+        valid_ds = make_dataset(
+            valid_cols, model.preprocessor, batch_size=config.batch_size, cache=True
+        ).map(lambda x, y: (x, targets(y, gains)))
+
+    history = trainee.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=config.epochs,
+        steps_per_epoch=steps,
+        callbacks=_callbacks(config, out),
+        verbose=verbose,
+    )
+    losses = history.history.get("loss", [])
+    if (
+        any(not np.isfinite(v) for v in losses)
+        or trainee.stop_training
+        and losses
+        and not np.isfinite(losses[-1])
+    ):
+        raise TrainingError(
+            f"training stopped: the loss became NaN/inf in epoch {len(losses)} "
+            "(lower learning_rate, check the inputs, or turn off mixed_precision)"
+        )
+    model_path = out / "model.keras"
+    tmp = out / "model.keras.partial.keras"
+    model.save(tmp)
+    tmp.replace(model_path)
+    return TrainResult(
+        model, _full_history(out, history.history), catalogue, out, model_path, len(losses)
+    )
+
+
+def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:
+    """History across resumed runs, read back from the CSV log (one row per finished epoch)."""
+    path = out / "history.csv"
+    if not path.exists():
+        return fallback
+    rows = [line.split(",") for line in path.read_text().splitlines() if line]
+    header, body = rows[0], [r for r in rows[1:] if r and r[0] != "epoch"]
+    by_epoch = {int(r[0]): r for r in body}  # a resumed epoch overwrites its partial row
+    return {
+        key: [float(by_epoch[e][i]) for e in sorted(by_epoch)]
+        for i, key in enumerate(header)
+        if key != "epoch"
+    }
