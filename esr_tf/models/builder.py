@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import keras
 
@@ -40,7 +41,8 @@ class ModelConfig:
             a `keras.applications` name such as `"efficientnet_b0"`, or `"tiny"` (test CNN).
         image_weights: `"pretrained"`, `"random"`, or a path to a weights file.
         image_size: side of the square input photo (160 keeps Lite0 at 5x5 patches).
-        sequence_length: packed `[CLS] query [SEP] title [SEP]` length.
+        sequence_length: packed `[CLS] query [SEP] title [SEP]` length (waterfall truncation
+            trims the title first; raise it for long catalogue titles).
         fusion: one of `cross_attention` (default), `concat`, `gated`, `text_only`, `image_only`.
         hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention,
         dropout, modality_dropout: fusion-head sizes (see `RelevanceModel`).
@@ -53,11 +55,11 @@ class ModelConfig:
     image: str = "efficientnet_lite0"
     image_weights: str | None = "pretrained"
     image_size: int = 160
-    sequence_length: int = 48
+    sequence_length: int = 32
     fusion: str = "cross_attention"
-    hidden_dim: int = 256
+    hidden_dim: int = 128
     num_heads: int = 4
-    intermediate_dim: int = 512
+    intermediate_dim: int = 256
     num_fusion_layers: int = 1
     text_self_attention: bool = True
     dropout: float = 0.1
@@ -96,13 +98,19 @@ class ModelConfig:
 
 def tiny_image_backbone(image_size: int) -> keras.Model:
     """A random-init 3-layer CNN (`[B, S, S, 3]` in [-1, 1] -> `[B, S/8, S/8, 32]`) for tests."""
+    from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
+
     images = keras.Input((image_size, image_size, 3), name="images")
     x = images
     for i, filters in enumerate((8, 16, 32)):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv_{i}")(x)
         x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
         x = keras.layers.Activation("relu6", name=f"act_{i}")(x)
-    return keras.Model(images, x, name="tiny_image_backbone")
+    cnn = keras.Model(images, x, name="tiny_cnn")
+    # Same form as build_image_backbone: BatchNorm always in inference mode.
+    outer = keras.Input((image_size, image_size, 3), name="images")
+    features = InferenceModeBackbone(cnn, name="tiny_inference_mode")(outer)
+    return keras.Model(outer, features, name="tiny_image_backbone")
 
 
 def build_backbones(config: ModelConfig):
@@ -155,3 +163,19 @@ def build_relevance_model(config: ModelConfig | None = None, **overrides) -> Rel
         freeze_text=config.freeze_text,
         freeze_image=config.freeze_image,
     )
+
+
+def load_model(path: str | Path) -> RelevanceModel:
+    """Loads a `.keras` file written by `train` / `model.save`, registering esr_tf's classes."""
+    # Imported for their `register_keras_serializable` side effects.
+    import esr_tf.models.backbones.efficientnet_lite  # noqa: F401
+    import esr_tf.models.backbones.exact_gelu_bert  # noqa: F401
+    import esr_tf.models.backbones.image_backbone  # noqa: F401
+    import esr_tf.training.losses  # noqa: F401
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no model file at {path} (expected a .keras file from `esr-tf train`)"
+        )
+    return keras.saving.load_model(path, compile=False)

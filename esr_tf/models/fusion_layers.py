@@ -262,3 +262,57 @@ class EmptyImageTokens(keras.layers.Layer):
 
     def compute_output_shape(self, shape):
         return (shape[0], 1, 1)
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class CrossSegmentMatch(keras.layers.Layer):
+    """1.0 where a token's id also occurs in the other segment (query <-> title), else 0.0.
+
+    An exact-match feature (as in reading-comprehension models): frozen sentence encoders place
+    "red" and "blue" close together, so whether the title repeats the query's colour word is
+    hard to read from contextual outputs alone. Special tokens never match.
+    """
+
+    def __init__(self, special_token_ids: Sequence[int] = (), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.special_token_ids = [int(i) for i in special_token_ids]
+
+    def call(self, token_ids, segment_ids, text_mask):
+        valid = ops.cast(text_mask, "bool")
+        for special in self.special_token_ids:
+            valid = ops.logical_and(valid, ops.not_equal(token_ids, special))
+        same_id = ops.equal(token_ids[:, :, None], token_ids[:, None, :])
+        other_segment = ops.not_equal(segment_ids[:, :, None], segment_ids[:, None, :])
+        both_valid = ops.logical_and(valid[:, :, None], valid[:, None, :])
+        match = ops.any(
+            ops.logical_and(ops.logical_and(same_id, other_segment), both_valid), axis=-1
+        )
+        return ops.cast(match, "float32")
+
+    def compute_output_shape(self, token_ids_shape, segment_ids_shape, text_mask_shape):
+        return token_ids_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "special_token_ids": self.special_token_ids}
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class PatchColours(keras.layers.Layer):
+    """Mean input colour of each feature-map cell: `[B, S, S, 3] -> [B, h, w, 3]`.
+
+    ImageNet features keep shape better than hue; appending the raw cell colours to the
+    feature map lets the fusion compare a query's colour word with the photo directly.
+    """
+
+    def __init__(self, grid: tuple[int, int] = (5, 5), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.grid = (int(grid[0]), int(grid[1]))
+
+    def call(self, images):
+        return ops.image.resize(images, self.grid, interpolation="area")
+
+    def compute_output_shape(self, shape):
+        return (shape[0], *self.grid, shape[-1])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "grid": list(self.grid)}

@@ -25,7 +25,6 @@ import keras_hub
 
 from esr_tf.labels import LabelSet
 from esr_tf.models import fusion_layers as fl
-from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
 
 FUSION_MODES = ("cross_attention", "concat", "gated", "text_only", "image_only")
 TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -37,7 +36,8 @@ class RelevanceModel(keras_hub.models.Task):
 
     Args:
         text_backbone: a `keras_hub.models.BertBackbone`.
-        image_backbone: a Keras model mapping `[B, S, S, 3]` images to a `[B, h, w, C]` map.
+        image_backbone: a Keras model mapping `[B, S, S, 3]` images to a `[B, h, w, C]` map,
+            with BatchNorm in inference mode (see `build_image_backbone`).
         preprocessor: a `RelevancePreprocessor` (lets `fit` / `predict` take raw strings and
             image bytes), or `None` to feed numeric features.
         fusion: one of `FUSION_MODES`. `"text_only"` ignores the photo; `"image_only"` hides
@@ -90,9 +90,11 @@ class RelevanceModel(keras_hub.models.Task):
 
         image_shape = tuple(image_backbone.input.shape[1:])
         images = keras.Input(image_shape, name="images")
-        # BatchNorm keeps its ImageNet statistics even while fine-tuning (a bare training=False
-        # in a functional graph is overridden by the outer call in Keras 3).
-        features = InferenceModeBackbone(image_backbone, name="inference_mode_backbone")(images)
+        # The backbone runs its BatchNorm in inference mode by construction (it wraps itself in
+        # `InferenceModeBackbone`: a bare training=False here would be overridden in Keras 3).
+        features = image_backbone(images)
+        colours = fl.PatchColours(tuple(features.shape[1:3]), name="patch_colours")(images)
+        features = keras.layers.Concatenate(name="features_and_colours")([features, colours])
         self.image_encoder = keras.Model(images, features, name="image_encoder")
         feature_shape = tuple(self.image_encoder.output.shape[1:])
         feature_map = keras.Input(feature_shape, name="feature_map")
@@ -113,6 +115,7 @@ class RelevanceModel(keras_hub.models.Task):
             dropout=dropout,
             modality_dropout=modality_dropout,
             label_set=label_set,
+            special_token_ids=_special_token_ids(preprocessor, text_backbone),
         )
 
         # === Functional model ===
@@ -129,6 +132,8 @@ class RelevanceModel(keras_hub.models.Task):
             {
                 "sequence_output": text["sequence_output"],
                 "text_mask": text["text_mask"],
+                "token_ids": inputs["token_ids"],
+                "segment_ids": inputs["segment_ids"],
                 "image_tokens": tokens,
                 "has_image": inputs["has_image"],
             }
@@ -157,27 +162,22 @@ class RelevanceModel(keras_hub.models.Task):
         seq = keras.Input(
             tuple(self.text_encoder.output["sequence_output"].shape[1:]), name="sequence_output"
         )
-        mask = keras.Input((None,), dtype="int32", name="text_mask")
-        fmap = keras.Input(tuple(self.image_encoder.output.shape[1:]), name="feature_map")
-        has_image = keras.Input((), name="has_image")
-        out = self.fusion_head(
-            {
-                "sequence_output": seq,
-                "text_mask": mask,
-                "image_tokens": self.image_projector(fmap),
-                "has_image": has_image,
-            }
-        )
-        return keras.Model(
-            {
-                "sequence_output": seq,
-                "text_mask": mask,
-                "feature_map": fmap,
-                "has_image": has_image,
-            },
-            out,
-            name="head_model",
-        )
+        inputs = {
+            "sequence_output": seq,
+            "text_mask": keras.Input((None,), dtype="int32", name="text_mask"),
+            "token_ids": keras.Input((None,), dtype="int32", name="token_ids"),
+            "segment_ids": keras.Input((None,), dtype="int32", name="segment_ids"),
+            "feature_map": keras.Input(
+                tuple(self.image_encoder.output.shape[1:]), name="feature_map"
+            ),
+            "has_image": keras.Input((), name="has_image"),
+        }
+        head_inputs = {k: v for k, v in inputs.items() if k != "feature_map"}
+        if self.fusion == "text_only":
+            head_inputs["image_tokens"] = fl.EmptyImageTokens()(inputs["feature_map"])
+        else:
+            head_inputs["image_tokens"] = self.image_projector(inputs["feature_map"])
+        return keras.Model(inputs, self.fusion_head(head_inputs), name="head_model")
 
     def get_config(self) -> dict:
         config = super().get_config()
@@ -209,6 +209,14 @@ class RelevanceModel(keras_hub.models.Task):
         return super().from_config(config)
 
 
+def _special_token_ids(preprocessor, text_backbone) -> list[int]:
+    """[CLS], [SEP], [PAD] ids, which must never count as a query-title match."""
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    if tokenizer is None:
+        return [0, 101, 102]  # BERT uncased vocabularies
+    return sorted({tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id})
+
+
 def _build_fusion_head(
     *,
     fusion: str,
@@ -222,10 +230,13 @@ def _build_fusion_head(
     dropout: float,
     modality_dropout: float,
     label_set: LabelSet,
+    special_token_ids: list[int],
 ) -> keras.Model:
-    """(BERT tokens, text mask, image tokens, has_image) -> {probabilities, score}."""
+    """(BERT tokens, text mask, token/segment ids, image tokens, has_image) -> outputs."""
     seq = keras.Input((None, text_dim), name="sequence_output")
     text_mask = keras.Input((None,), dtype="int32", name="text_mask")
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
     image_tokens = keras.Input(
         token_shape if fusion != "text_only" else (1, 1), name="image_tokens"
     )
@@ -233,11 +244,19 @@ def _build_fusion_head(
     inputs = {
         "sequence_output": seq,
         "text_mask": text_mask,
+        "token_ids": token_ids,
+        "segment_ids": segment_ids,
         "image_tokens": image_tokens,
         "has_image": has_image,
     }
 
     text = keras.layers.Dense(hidden_dim, name="text_projection")(seq)
+    match = fl.CrossSegmentMatch(special_token_ids, name="cross_segment_match")(
+        token_ids, segment_ids, text_mask
+    )
+    match = keras.layers.Reshape((-1, 1), name="match_feature")(match)
+    match = keras.layers.Dense(hidden_dim, name="match_embedding")(match)
+    text = keras.layers.Add(name="text_with_match")([text, match])
     text = keras.layers.LayerNormalization(epsilon=1e-6, name="text_projection_norm")(text)
     text_cls = fl.FirstToken(name="cls_token")(text)
     text_mean = fl.MaskedMeanPool(name="text_mean")(text, text_mask)

@@ -35,6 +35,8 @@ class BackboneFeatures:
 
     sequence_output: np.ndarray  # [N, L, H] float32
     text_mask: np.ndarray  # [N, L] int32
+    token_ids: np.ndarray  # [N, L] int32
+    segment_ids: np.ndarray  # [N, L] int32
     image_index: np.ndarray  # [N] int32 row of `feature_maps` (0 when there is no photo)
     has_image: np.ndarray  # [N] float32
     feature_maps: np.ndarray  # [U, h, w, C] float32
@@ -54,6 +56,10 @@ class BackboneFeatures:
             .prefetch(AUTOTUNE)
         )
         text = model.text_encoder.predict(text_ds, verbose=verbose)
+        ids = {"token_ids": [], "segment_ids": []}
+        for batch in text_ds:
+            for key in ids:
+                ids[key].append(batch[key].numpy())
 
         paths = np.asarray(columns["image"]).astype(str)
         unique = sorted({p for p in paths if p})
@@ -76,6 +82,8 @@ class BackboneFeatures:
         return cls(
             sequence_output=np.asarray(text["sequence_output"], np.float32),
             text_mask=np.asarray(text["text_mask"], np.int32),
+            token_ids=np.concatenate(ids["token_ids"]).astype(np.int32),
+            segment_ids=np.concatenate(ids["segment_ids"]).astype(np.int32),
             image_index=image_index,
             has_image=has_image,
             feature_maps=feature_maps,
@@ -100,6 +108,8 @@ class BackboneFeatures:
         x = {
             "sequence_output": self.sequence_output,
             "text_mask": self.text_mask,
+            "token_ids": self.token_ids,
+            "segment_ids": self.segment_ids,
             "image_index": self.image_index,
             "has_image": self.has_image,
         }

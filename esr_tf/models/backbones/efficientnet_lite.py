@@ -100,18 +100,35 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
         """
         if self._depthwise_padding == "symmetric":
             return super()._apply_efficientnet_block(
-                inputs, filters_in, filters_out, kernel_size, strides, activation,
-                projection_activation, expand_ratio, se_ratio, dropout, batch_norm_epsilon,
-                name, data_format,
+                inputs,
+                filters_in,
+                filters_out,
+                kernel_size,
+                strides,
+                activation,
+                projection_activation,
+                expand_ratio,
+                se_ratio,
+                dropout,
+                batch_norm_epsilon,
+                name,
+                data_format,
             )
         init = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
 
         def conv_bn(x, filters, conv_name, bn_name):
-            x = keras.layers.Conv2D(filters, 1, padding="same", data_format=data_format,
-                                    use_bias=False, kernel_initializer=init,
-                                    name=name + conv_name)(x)
-            return keras.layers.BatchNormalization(epsilon=batch_norm_epsilon,
-                                                   name=name + bn_name)(x)
+            x = keras.layers.Conv2D(
+                filters,
+                1,
+                padding="same",
+                data_format=data_format,
+                use_bias=False,
+                kernel_initializer=init,
+                name=name + conv_name,
+            )(x)
+            return keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + bn_name)(
+                x
+            )
 
         filters = filters_in * expand_ratio
         x = inputs
@@ -119,27 +136,40 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
             x = conv_bn(x, filters, "expand_conv", "expand_bn")
             x = keras.layers.Activation(activation, name=name + "expand_activation")(x)
         # "same" on a strided conv pads TF-style: the extra pixel goes right/bottom.
-        x = keras.layers.DepthwiseConv2D(kernel_size, strides, padding="same",
-                                         data_format=data_format, use_bias=False,
-                                         depthwise_initializer=init, name=name + "dwconv")(x)
-        x = keras.layers.BatchNormalization(epsilon=batch_norm_epsilon,
-                                            name=name + "dwconv_bn")(x)
+        x = keras.layers.DepthwiseConv2D(
+            kernel_size,
+            strides,
+            padding="same",
+            data_format=data_format,
+            use_bias=False,
+            depthwise_initializer=init,
+            name=name + "dwconv",
+        )(x)
+        x = keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + "dwconv_bn")(x)
         x = keras.layers.Activation(activation, name=name + "dwconv_activation")(x)
         if 0 < se_ratio <= 1:
             se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
-            se = keras.layers.Conv2D(max(1, int(filters_in * se_ratio)), 1, activation=activation,
-                                     kernel_initializer=init, name=name + "se_reduce")(se)
-            se = keras.layers.Conv2D(filters, 1, activation="sigmoid", kernel_initializer=init,
-                                     name=name + "se_expand")(se)
+            se = keras.layers.Conv2D(
+                max(1, int(filters_in * se_ratio)),
+                1,
+                activation=activation,
+                kernel_initializer=init,
+                name=name + "se_reduce",
+            )(se)
+            se = keras.layers.Conv2D(
+                filters, 1, activation="sigmoid", kernel_initializer=init, name=name + "se_expand"
+            )(se)
             x = keras.layers.multiply([x, se], name=name + "se_excite")
         x = conv_bn(x, filters_out, "project", "project_bn")
         if projection_activation:
-            x = keras.layers.Activation(projection_activation,
-                                        name=name + "projection_activation")(x)
+            x = keras.layers.Activation(projection_activation, name=name + "projection_activation")(
+                x
+            )
         if strides == 1 and filters_in == filters_out:
             if dropout > 0:
-                x = keras.layers.Dropout(dropout, noise_shape=(None, 1, 1, 1),
-                                         name=name + "drop")(x)
+                x = keras.layers.Dropout(dropout, noise_shape=(None, 1, 1, 1), name=name + "drop")(
+                    x
+                )
             x = keras.layers.Add(name=name + "add")([x, inputs])
         return x
 
@@ -200,8 +230,9 @@ def load_lite0_backbone(
             tensors = lite0_weights.to_timm_state_dict(state)
     kwargs = convert_efficientnet.convert_backbone_config(config)
     shape = (image_size, image_size, 3) if image_size else (None, None, 3)
-    backbone = EfficientNetLiteBackbone(**{**kwargs, **TF_LITE_OVERRIDES}, input_shape=shape,
-                                        name=name)
+    backbone = EfficientNetLiteBackbone(
+        **{**kwargs, **TF_LITE_OVERRIDES}, input_shape=shape, name=name
+    )
     if tensors is not None:
         loader = _NumpyWeightsLoader(tensors)
         convert_efficientnet.convert_weights(backbone, loader, config)

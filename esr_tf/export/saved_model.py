@@ -1,0 +1,245 @@
+"""SavedModel export for TF Serving: raw-input signatures, warm-up requests, atomic versions.
+
+Layout: `<base>/<model_name>/<version>/` with `saved_model.pb`, `variables/`, `assets/` and
+`assets.extra/` (`tf_serving_warmup_requests`, plus `esr_tf_reference.npz`: sample raw inputs and
+the Keras model's outputs on them, which `esr-tf verify` compares against). The version is built
+in a hidden sibling folder and renamed into place, so a polling server never sees half of it.
+
+Signatures (all take raw strings / bytes; tokenization and decoding run in the graph):
+- `serving_default(query, title, image)` -> `probabilities`, `label`, `score`;
+- `embed_images(image)` -> `image_tokens`, `has_image` (compute once per product);
+- `score_with_image_features(query, title, image_tokens, has_image)` -> as `serving_default`.
+
+Example:
+>>> path = export_saved_model(model, "serving_models", model_name="esr", version=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
+
+REFERENCE_FILE = "esr_tf_reference.npz"
+# TF-Text ops the export may contain: all bundled with TF Serving 2.13+ (TF-Text 2.12.1).
+# `RoundRobinTrim` is not (TF Serving <= 2.19), hence waterfall truncation in the preprocessor.
+EXPECTED_TF_TEXT_OPS = frozenset(
+    {"CaseFoldUTF8", "FastWordpieceTokenizeWithOffsets", "RegexSplitWithOffsets", "NormalizeUTF8"}
+)
+
+
+def _outputs(model, probabilities: tf.Tensor, score: tf.Tensor) -> dict[str, tf.Tensor]:
+    names = tf.constant(list(model.label_set.names))
+    label = tf.gather(names, tf.argmax(probabilities, axis=-1, output_type=tf.int32))
+    return {
+        "probabilities": tf.cast(probabilities, tf.float32),
+        "label": label,
+        "score": tf.cast(score, tf.float32),
+    }
+
+
+def build_signatures(model) -> dict:
+    """The three raw-input signatures of `model` (a `RelevanceModel`) as `tf.function`s."""
+    pre = model.preprocessor
+    if pre is None:
+        raise ValueError(
+            "export needs the model's RelevancePreprocessor (model.preprocessor is None)"
+        )
+    if not pre.built:  # e.g. right after `keras.saving.load_model`
+        pre.build()
+    text_spec = tf.TensorSpec([None], tf.string)
+    token_shape = [None, *model.image_projector.output.shape[1:]]
+    if model.fusion == "text_only":
+        token_shape = [None, 1, 1]
+
+    def image_tokens(image):
+        images, has_image = pre.image_decoder(image)
+        if model.fusion == "text_only":
+            return tf.zeros([tf.shape(image)[0], 1, 1]), has_image
+        return model.image_projector(
+            model.image_encoder(images, training=False), training=False
+        ), has_image
+
+    def score(query, title, tokens, has_image):
+        packed = pre.tokenize(query, title)
+        text = model.text_encoder(packed, training=False)
+        out = model.fusion_head(
+            {
+                "sequence_output": text["sequence_output"],
+                "text_mask": text["text_mask"],
+                "token_ids": packed["token_ids"],
+                "segment_ids": packed["segment_ids"],
+                "image_tokens": tokens,
+                "has_image": has_image,
+            },
+            training=False,
+        )
+        return _outputs(model, out["probabilities"], out["score"])
+
+    @tf.function(input_signature=[text_spec, text_spec, text_spec])
+    def serving_default(query, title, image):
+        tokens, has_image = image_tokens(image)
+        return score(query, title, tokens, has_image)
+
+    @tf.function(input_signature=[text_spec])
+    def embed_images(image):
+        tokens, has_image = image_tokens(image)
+        return {"image_tokens": tf.cast(tokens, tf.float32), "has_image": has_image}
+
+    @tf.function(
+        input_signature=[
+            text_spec,
+            text_spec,
+            tf.TensorSpec(token_shape, tf.float32),
+            tf.TensorSpec([None], tf.float32),
+        ]
+    )
+    def score_with_image_features(query, title, image_tokens, has_image):
+        return score(query, title, image_tokens, has_image)
+
+    return {
+        "serving_default": serving_default,
+        "embed_images": embed_images,
+        "score_with_image_features": score_with_image_features,
+    }
+
+
+def build_archive(model, signatures: dict | None = None) -> keras.export.ExportArchive:
+    """An `ExportArchive` tracking the model and its preprocessor, with `build_signatures`."""
+    signatures = signatures or build_signatures(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(model.preprocessor)
+    for name, fn in signatures.items():
+        archive.add_endpoint(name, fn)
+    return archive
+
+
+def sample_inputs(num: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
+    """Raw sample inputs (JPEG, PNG and missing photos; accents, CJK, emoji) for checks."""
+    rng = np.random.default_rng(seed)
+    queries = [
+        "red sneakers",
+        "blue mug",
+        "Café crème hoodie",
+        "防水ジャケット 红色",
+        "socks 🧦",
+        "green cap",
+    ]
+    titles = [
+        "Red running sneaker",
+        "Blue ceramic mug",
+        "Beige hoodie",
+        "waterproof jacket",
+        "Wool socks",
+        "",
+    ]
+    images = []
+    for i in range(num):
+        pixels = (rng.random((48 + 8 * i, 64, 3)) * 255).astype(np.uint8)
+        if i % 3 == 2:
+            images.append(b"")
+        elif i % 3 == 1:
+            images.append(tf.io.encode_png(pixels).numpy())
+        else:
+            images.append(tf.io.encode_jpeg(pixels).numpy())
+    return {
+        "query": np.array([queries[i % 6] for i in range(num)], dtype=object),
+        "title": np.array([titles[i % 6] for i in range(num)], dtype=object),
+        "image": np.array(images, dtype=object),
+    }
+
+
+def _reference(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the in-memory (Keras) signatures, stored next to the export for `verify`."""
+    out = signatures["serving_default"](
+        tf.constant(inputs["query"]), tf.constant(inputs["title"]), tf.constant(inputs["image"])
+    )
+    emb = signatures["embed_images"](tf.constant(inputs["image"]))
+    ref = {f"input/{k}": v for k, v in inputs.items()}
+    ref.update({f"serving_default/{k}": v.numpy() for k, v in out.items()})
+    ref.update({f"embed_images/{k}": v.numpy() for k, v in emb.items()})
+    return ref
+
+
+def next_version(model_dir: Path) -> int:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def export_saved_model(
+    model,
+    base_dir: str | Path,
+    *,
+    model_name: str = "esr",
+    version: int | None = None,
+    overwrite: bool = False,
+    warmup: dict[str, np.ndarray] | None = None,
+    num_warmup_records: int = 32,
+) -> Path:
+    """Exports `model` to `<base_dir>/<model_name>/<version>/` atomically; returns that path.
+
+    Args:
+        version: a positive integer; default the next one after the existing versions.
+        overwrite: replace an existing version (refused otherwise: servers cache versions).
+        warmup: raw inputs for warm-up requests (default `sample_inputs()`), at most 1000.
+    """
+    model_dir = Path(base_dir) / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = next_version(model_dir) if version is None else int(version)
+    if version <= 0:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    final = model_dir / str(version)
+    if final.exists() and not overwrite:
+        raise FileExistsError(
+            f"{final} already exists; pass overwrite=True (--overwrite) or a new --version"
+        )
+    # A dot-prefixed sibling: same filesystem (atomic rename) and not a number, so TF Serving's
+    # version policy never picks it up.
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+    try:
+        signatures = build_signatures(model)
+        archive = build_archive(model, signatures)
+        target = staging / "export"
+        archive.write_out(str(target), verbose=False)
+        extra = target / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        samples = warmup if warmup is not None else sample_inputs()
+        n = min(num_warmup_records, len(samples["query"]))
+        records = warmup_records(
+            list(samples["query"][:n]),
+            list(samples["title"][:n]),
+            list(samples["image"][:n]),
+            model_name=model_name,
+        )
+        write_warmup_file(extra / WARMUP_FILE_NAME, records)
+        np.savez(extra / REFERENCE_FILE, **_reference(signatures, sample_inputs()))
+        if final.exists():
+            trash = model_dir / f".{version}.old-{os.getpid()}"
+            final.rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        target.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def list_ops(export_dir: str | Path) -> set[str]:
+    """Every op type in the SavedModel's graph and function library."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((Path(export_dir) / "saved_model.pb").read_bytes())
+    ops: set[str] = set()
+    for meta in proto.meta_graphs:
+        ops.update(node.op for node in meta.graph_def.node)
+        for function in meta.graph_def.library.function:
+            ops.update(node.op for node in function.node_def)
+    return ops

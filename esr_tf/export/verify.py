@@ -1,0 +1,161 @@
+"""`esr-tf verify DIR`: prove an export loads and runs the way TF Serving runs it.
+
+1. A fresh subprocess importing only tensorflow + tensorflow_text loads the export, runs every
+   signature on the sample raw inputs stored at export time and compares with the Keras model's
+   outputs on them (max |diff| <= 1e-4).
+2. Every op in the graph must be a stock TF op or one of the expected TF-Text ops.
+3. Optionally, the C++ `LoadSavedModel` client (the loader TF Serving uses) runs
+   `serving_default` and must agree with Python.
+4. The `saved_model_cli show` summary is included.
+
+Example:
+>>> report = verify_export("serving_models/esr/1", cpp=False)  # doctest: +SKIP
+>>> print(format_report(report))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from esr_tf.export.saved_model import EXPECTED_TF_TEXT_OPS, REFERENCE_FILE, list_ops
+
+_CHILD = Path(__file__).with_name("verify_child.py")
+_NOT_STOCK = (
+    "import json, sys, tensorflow as tf; from tensorflow.python.framework import op_def_registry as r; "
+    "print(json.dumps([op for op in json.load(sys.stdin) if r.get(op) is None]))"
+)
+
+
+def non_stock_ops(ops: set[str]) -> set[str]:
+    """The ops that tensorflow alone does not register (checked in a process without TF-Text)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _NOT_STOCK],
+        input=json.dumps(sorted(ops)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def check_ops(export_dir: str | Path) -> dict:
+    ops = list_ops(export_dir)
+    unexpected = sorted(non_stock_ops(ops) - EXPECTED_TF_TEXT_OPS)
+    return {
+        "num_ops": len(ops),
+        "tf_text_ops": sorted(ops & EXPECTED_TF_TEXT_OPS),
+        "unexpected": unexpected,
+    }
+
+
+def _saved_model_cli(export_dir: Path) -> str:
+    # saved_model_cli cannot list concrete functions when custom ops exist; signatures suffice.
+    cmd = [
+        sys.executable,
+        "-m",
+        "tensorflow.python.tools.saved_model_cli",
+        "show",
+        "--dir",
+        str(export_dir),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    return (
+        out.stdout.strip()
+        if out.returncode == 0
+        else f"saved_model_cli failed: {out.stderr.strip()[-500:]}"
+    )
+
+
+def _cpp_check(export_dir: Path) -> dict:
+    from esr_tf.export.cpp_client import cpp_toolchain_available, run_cpp_client
+
+    reason = cpp_toolchain_available()
+    if reason:
+        return {"skipped": reason, "ok": True}
+    ref = np.load(export_dir / "assets.extra" / REFERENCE_FILE, allow_pickle=True)
+    inputs = {k: list(ref[f"input/{k}"]) for k in ("query", "title", "image")}
+    result = run_cpp_client(export_dir, inputs, repeats=3)
+    diff = float(
+        np.max(np.abs(result["outputs"]["probabilities"] - ref["serving_default/probabilities"]))
+    )
+    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result["outputs"]["label"]]
+    want = [x.decode() if isinstance(x, bytes) else str(x) for x in ref["serving_default/label"]]
+    return {
+        "max_abs_diff": diff,
+        "labels_equal": labels == want,
+        "ms_per_example": result["ms_per_example"],
+        "ok": diff <= 1e-4 and labels == want,
+    }
+
+
+def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
+    """Runs all checks; `report["ok"]` is the overall verdict."""
+    export_dir = Path(export_dir)
+    if not (export_dir / "saved_model.pb").is_file():
+        raise FileNotFoundError(
+            f"{export_dir} holds no saved_model.pb (pass <base>/<name>/<version>)"
+        )
+    out = subprocess.run(
+        [sys.executable, str(_CHILD), str(export_dir)], capture_output=True, text=True
+    )
+    if out.returncode != 0:
+        report = {"load": {"ok": False, "error": out.stderr.strip()[-2000:]}}
+    else:
+        report = {"load": json.loads(out.stdout.strip().splitlines()[-1])}
+    report["ops"] = check_ops(export_dir)
+    report["ops"]["ok"] = not report["ops"]["unexpected"]
+    if cpp:
+        try:
+            report["cpp"] = _cpp_check(export_dir)
+        except Exception as error:  # a failed build or run is a failed check, reported as such
+            report["cpp"] = {"ok": False, "error": str(error)[-2000:]}
+    report["saved_model_cli"] = _saved_model_cli(export_dir)
+    report["ok"] = all(
+        part.get("ok", False) for key, part in report.items() if isinstance(part, dict)
+    )
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"esr-tf verify: {'PASS' if report['ok'] else 'FAIL'}"]
+    load = report["load"]
+    if "checks" in load:
+        lines.append(
+            f"  fresh process (tensorflow + tensorflow_text only): signatures {', '.join(load['signatures'])}"
+        )
+        for c in load["checks"]:
+            lines.append(
+                f"    [{'ok' if c['ok'] else 'FAIL'}] {c['signature']}/{c['output']}: "
+                f"max |diff| {c['max_abs_diff']:.2e}"
+            )
+        lines.append(f"    modules loaded in that process: {load['modules']}")
+    else:
+        lines.append(f"  [FAIL] loading in a fresh process: {load.get('error')}")
+    ops = report["ops"]
+    lines.append(
+        f"  [{'ok' if ops['ok'] else 'FAIL'}] ops: {ops['num_ops']} op types; TF-Text: {', '.join(ops['tf_text_ops'])}"
+        + (f"; unexpected: {ops['unexpected']}" if ops["unexpected"] else "")
+    )
+    if "cpp" in report:
+        cpp = report["cpp"]
+        if "skipped" in cpp:
+            lines.append(f"  [skipped] C++ LoadSavedModel client: {cpp['skipped']}")
+        elif "error" in cpp:
+            lines.append(f"  [FAIL] C++ LoadSavedModel client: {cpp['error']}")
+        else:
+            lines.append(
+                f"  [{'ok' if cpp['ok'] else 'FAIL'}] C++ LoadSavedModel client: max |diff| {cpp['max_abs_diff']:.2e}, "
+                f"labels equal {cpp['labels_equal']}, {cpp['ms_per_example']:.2f} ms/example"
+            )
+    lines.append("  saved_model_cli show:")
+    lines.extend("    " + line for line in report["saved_model_cli"].splitlines())
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Runs in a fresh process that imports only tensorflow + tensorflow_text, as TF Serving would.
+
+Usage: python verify_child.py EXPORT_DIR. Prints one JSON report on stdout. Standalone on purpose:
+neither esr_tf nor keras_hub may be needed to load and run the export.
+"""
+
+import json
+import sys
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the TF-Text ops the graph uses)
+
+
+def main(export_dir: str) -> dict:
+    ref = np.load(f"{export_dir}/assets.extra/esr_tf_reference.npz", allow_pickle=True)
+    loaded = tf.saved_model.load(export_dir)
+    inputs = {k.split("/", 1)[1]: ref[k] for k in ref.files if k.startswith("input/")}
+    report = {"signatures": sorted(loaded.signatures.keys()), "checks": []}
+
+    def compare(signature: str, outputs: dict, expected_prefix: str) -> None:
+        for name, value in outputs.items():
+            key = f"{expected_prefix}/{name}"
+            if key not in ref.files:
+                continue
+            got, want = value.numpy(), ref[key]
+            if got.dtype == object or want.dtype.kind in "SOU":
+                ok = [g.decode() if isinstance(g, bytes) else g for g in got.tolist()] == [
+                    w.decode() if isinstance(w, bytes) else w for w in want.tolist()
+                ]
+                diff = 0.0 if ok else float("inf")
+            else:
+                diff = (
+                    float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+                    if got.size
+                    else 0.0
+                )
+                ok = got.shape == want.shape and diff <= 1e-4
+            report["checks"].append(
+                {"signature": signature, "output": name, "max_abs_diff": diff, "ok": bool(ok)}
+            )
+
+    strings = {
+        k: tf.constant(v.astype(bytes) if v.dtype.kind == "U" else v) for k, v in inputs.items()
+    }
+    serve = loaded.signatures["serving_default"](**strings)
+    compare("serving_default", serve, "serving_default")
+    emb = loaded.signatures["embed_images"](image=strings["image"])
+    compare("embed_images", emb, "embed_images")
+    cached = loaded.signatures["score_with_image_features"](
+        query=strings["query"],
+        title=strings["title"],
+        image_tokens=emb["image_tokens"],
+        has_image=emb["has_image"],
+    )
+    compare("score_with_image_features", cached, "serving_default")
+    report["modules"] = {m: m in sys.modules for m in ("keras_hub", "keras_nlp", "esr_tf")}
+    report["ok"] = all(c["ok"] for c in report["checks"]) and not any(report["modules"].values())
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1])))

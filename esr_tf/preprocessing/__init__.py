@@ -1,0 +1,1 @@
+"""Preprocessing shared by training and serving: image decoding, text packing, tf.data."""

@@ -1,0 +1,52 @@
+"""Session-wide fixtures: one tiny demo shop, one tiny trained model and its export.
+
+TensorFlow start-up plus first-step tracing costs tens of seconds on 2 cores, so test modules
+share these instead of building their own.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+TINY_MODEL = {
+    "text": "tiny",
+    "image": "tiny",
+    "image_size": 64,
+    "sequence_length": 24,
+    "hidden_dim": 32,
+    "intermediate_dim": 64,
+    "num_heads": 2,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_catalogue(tmp_path_factory):
+    from esr_tf.data import generate_demo_shop, load_catalogue
+
+    folder = generate_demo_shop(tmp_path_factory.mktemp("shop") / "demo_shop", seed=0, size="tiny")
+    return load_catalogue(folder, missing_images="no_image")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    from esr_tf.training.config import parse_config
+
+    out = tmp_path_factory.mktemp("train")
+    return parse_config({"epochs": 2, "batch_size": 16, "out_dir": str(out), "model": TINY_MODEL})
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tiny_config, tiny_catalogue):
+    """A `TrainResult` of 2 epochs on the tiny demo shop (random-init tiny backbones)."""
+    from esr_tf.training.trainer import train
+
+    return train(tiny_config, catalogue=tiny_catalogue, verbose=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_trained, tmp_path_factory):
+    """`<base>/esr/1`: the SavedModel export of `tiny_trained.model`."""
+    from esr_tf.export.saved_model import export_saved_model
+
+    base = tmp_path_factory.mktemp("serving_models")
+    return export_saved_model(tiny_trained.model, base, model_name="esr", version=1)
