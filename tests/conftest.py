@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-TINY_MODEL = {
-    "text": "tiny",
-    "image": "tiny",
-    "image_size": 64,
-    "sequence_length": 24,
-    "hidden_dim": 32,
-    "intermediate_dim": 64,
-    "num_heads": 2,
-}
+from esr_tf.models.builder import TINY_MODEL  # noqa: F401  (re-exported for test modules)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,16 @@ TINY_TEXT = {
     "intermediate_dim": 64,
     "max_sequence_length": 128,
 }
+# `ModelConfig` fields of a random-init model that builds and trains in seconds (tests, smoke runs).
+TINY_MODEL = {
+    "text": "tiny",
+    "image": "tiny",
+    "image_size": 64,
+    "sequence_length": 24,
+    "hidden_dim": 32,
+    "intermediate_dim": 64,
+    "num_heads": 2,
+}
 
 
 @dataclass
@@ -79,18 +89,13 @@ class ModelConfig:
             "num_fusion_layers",
         ):
             if int(getattr(self, name)) <= 0:
-                raise ValueError(
-                    f"model.{name}: must be a positive integer, got {getattr(self, name)!r}"
-                )
+                raise ValueError(f"model.{name}: must be a positive integer, got {getattr(self, name)!r}")
         if self.hidden_dim % self.num_heads:
             raise ValueError(
-                f"model.hidden_dim ({self.hidden_dim}) must be divisible by "
-                f"model.num_heads ({self.num_heads})"
+                f"model.hidden_dim ({self.hidden_dim}) must be divisible by model.num_heads ({self.num_heads})"
             )
         if not 0.0 <= float(self.modality_dropout) < 1.0:
-            raise ValueError(
-                f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout!r}"
-            )
+            raise ValueError(f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout!r}")
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -100,7 +105,7 @@ def tiny_image_backbone(image_size: int) -> keras.Model:
     """A random-init 3-layer CNN (`[B, S, S, 3]` in [-1, 1] -> `[B, S/8, S/8, 32]`) for tests."""
     from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
 
-    images = keras.Input((image_size, image_size, 3), name="images")
+    images = keras.Input((image_size, image_size, 3), name="tiny_cnn_images")  # unique layer names
     x = images
     for i, filters in enumerate((8, 16, 32)):
         x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv_{i}")(x)
@@ -125,9 +130,7 @@ def build_backbones(config: ModelConfig):
     if config.image == "tiny":
         image_backbone, value_range = tiny_image_backbone(config.image_size), (-1.0, 1.0)
     else:
-        image_backbone = build_image_backbone(
-            config.image, weights=config.image_weights, image_size=config.image_size
-        )
+        image_backbone = build_image_backbone(config.image, weights=config.image_weights, image_size=config.image_size)
         value_range = image_value_range(config.image)
     return text_backbone, tokenizer, image_backbone, value_range
 
@@ -137,9 +140,7 @@ def build_relevance_model(config: ModelConfig | None = None, **overrides) -> Rel
 
     `overrides` replace `ModelConfig` fields, e.g. `build_relevance_model(fusion="concat")`.
     """
-    config = (
-        (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
-    )
+    config = (config or ModelConfig()).replace(**overrides) if overrides else (config or ModelConfig())
     text_backbone, tokenizer, image_backbone, value_range = build_backbones(config)
     preprocessor = RelevancePreprocessor(
         tokenizer,
@@ -175,7 +176,5 @@ def load_model(path: str | Path) -> RelevanceModel:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no model file at {path} (expected a .keras file from `esr-tf train`)"
-        )
+        raise FileNotFoundError(f"no model file at {path} (expected a .keras file from `esr-tf train`)")
     return keras.saving.load_model(path, compile=False)

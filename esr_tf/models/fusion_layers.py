@@ -34,12 +34,8 @@ class ImagePatchTokens(keras.layers.Layer):
             raise ValueError("ImagePatchTokens needs a static feature-map height and width")
         self.projection.build((None, channels))
         init = keras.initializers.TruncatedNormal(stddev=0.02)
-        self.row_embedding = self.add_weight(
-            name="row_embedding", shape=(height, 1, self.hidden_dim), initializer=init
-        )
-        self.col_embedding = self.add_weight(
-            name="col_embedding", shape=(1, width, self.hidden_dim), initializer=init
-        )
+        self.row_embedding = self.add_weight(name="row_embedding", shape=(height, 1, self.hidden_dim), initializer=init)
+        self.col_embedding = self.add_weight(name="col_embedding", shape=(1, width, self.hidden_dim), initializer=init)
         self.built = True
 
     def call(self, feature_map):
@@ -75,14 +71,10 @@ class NoImageToken(keras.layers.Layer):
     def call(self, image_tokens, has_image):
         batch = ops.shape(image_tokens)[0]
         num_patches = ops.shape(image_tokens)[1]
-        token = ops.broadcast_to(
-            ops.cast(self.token, image_tokens.dtype), (batch, 1, ops.shape(image_tokens)[2])
-        )
+        token = ops.broadcast_to(ops.cast(self.token, image_tokens.dtype), (batch, 1, ops.shape(image_tokens)[2]))
         tokens = ops.concatenate([token, image_tokens], axis=1)
         has_image = ops.reshape(ops.cast(has_image, "float32"), (batch, 1))
-        mask = ops.concatenate(
-            [ops.ones((batch, 1)), ops.repeat(has_image, num_patches, axis=1)], axis=1
-        )
+        mask = ops.concatenate([ops.ones((batch, 1)), ops.repeat(has_image, num_patches, axis=1)], axis=1)
         return tokens, mask
 
     def compute_output_shape(self, image_tokens_shape, has_image_shape):
@@ -141,25 +133,17 @@ class CrossAttentionBlock(keras.layers.Layer):
             self.self_attn = keras.layers.MultiHeadAttention(
                 self.num_heads, key_dim, dropout=dropout, name="self_attention"
             )
-            self.self_attn_norm = keras.layers.LayerNormalization(
-                epsilon=1e-6, name="self_attention_norm"
-            )
+            self.self_attn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="self_attention_norm")
         self.cross_attn = keras.layers.MultiHeadAttention(
             self.num_heads, key_dim, dropout=dropout, name="cross_attention"
         )
-        self.cross_attn_norm = keras.layers.LayerNormalization(
-            epsilon=1e-6, name="cross_attention_norm"
-        )
-        self.ffn_inner = keras.layers.Dense(
-            self.intermediate_dim, activation="gelu", name="ffn_inner"
-        )
+        self.cross_attn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="cross_attention_norm")
+        self.ffn_inner = keras.layers.Dense(self.intermediate_dim, activation="gelu", name="ffn_inner")
         self.ffn_outer = keras.layers.Dense(self.hidden_dim, name="ffn_outer")
         self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ffn_norm")
         self.drop = keras.layers.Dropout(self.dropout)
 
-    def build(
-        self, text_shape, image_shape=None, text_mask_shape=None, image_mask_shape=None
-    ) -> None:
+    def build(self, text_shape, image_shape=None, text_mask_shape=None, image_mask_shape=None) -> None:
         if self.self_attention:
             self.self_attn.build(text_shape, text_shape)
             self.self_attn_norm.build(text_shape)
@@ -179,9 +163,7 @@ class CrossAttentionBlock(keras.layers.Layer):
             y = self.self_attn(x, x, attention_mask=self_mask, training=training)
             x = self.self_attn_norm(x + self.drop(y, training=training))
         cross_mask = ops.logical_and(text_mask[:, :, None], image_mask[:, None, :])
-        y = self.cross_attn(
-            query=x, value=image, key=image, attention_mask=cross_mask, training=training
-        )
+        y = self.cross_attn(query=x, value=image, key=image, attention_mask=cross_mask, training=training)
         x = self.cross_attn_norm(x + self.drop(y, training=training))
         y = self.ffn_outer(self.ffn_inner(x))
         return self.ffn_norm(x + self.drop(y, training=training))
@@ -284,9 +266,7 @@ class CrossSegmentMatch(keras.layers.Layer):
         same_id = ops.equal(token_ids[:, :, None], token_ids[:, None, :])
         other_segment = ops.not_equal(segment_ids[:, :, None], segment_ids[:, None, :])
         both_valid = ops.logical_and(valid[:, :, None], valid[:, None, :])
-        match = ops.any(
-            ops.logical_and(ops.logical_and(same_id, other_segment), both_valid), axis=-1
-        )
+        match = ops.any(ops.logical_and(ops.logical_and(same_id, other_segment), both_valid), axis=-1)
         return ops.cast(match, "float32")
 
     def compute_output_shape(self, token_ids_shape, segment_ids_shape, text_mask_shape):

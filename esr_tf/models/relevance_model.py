@@ -66,6 +66,7 @@ class RelevanceModel(keras_hub.models.Task):
         label_set: LabelSet | dict | None = None,
         freeze_text: bool = False,
         freeze_image: bool = False,
+        special_token_ids: list[int] | None = None,
         **kwargs,
     ) -> None:
         if fusion not in FUSION_MODES:
@@ -84,9 +85,7 @@ class RelevanceModel(keras_hub.models.Task):
             # Only the query segment (segment 0) stays visible to BERT and to pooling.
             mask = fl.QueryOnlyMask(name="query_only_mask")(mask, text_in["segment_ids"])
         seq = text_backbone({**text_in, "padding_mask": mask})["sequence_output"]
-        self.text_encoder = keras.Model(
-            text_in, {"sequence_output": seq, "text_mask": mask}, name="text_encoder"
-        )
+        self.text_encoder = keras.Model(text_in, {"sequence_output": seq, "text_mask": mask}, name="text_encoder")
 
         image_shape = tuple(image_backbone.input.shape[1:])
         images = keras.Input(image_shape, name="images")
@@ -115,7 +114,7 @@ class RelevanceModel(keras_hub.models.Task):
             dropout=dropout,
             modality_dropout=modality_dropout,
             label_set=label_set,
-            special_token_ids=_special_token_ids(preprocessor, text_backbone),
+            special_token_ids=special_token_ids or _special_token_ids(preprocessor),
         )
 
         # === Functional model ===
@@ -152,6 +151,7 @@ class RelevanceModel(keras_hub.models.Task):
         self.label_set = label_set
         self.freeze_text = freeze_text
         self.freeze_image = freeze_image
+        self.special_token_ids = self.fusion_head.get_layer("cross_segment_match").special_token_ids
 
     def head_model(self) -> keras.Model:
         """The trainable part above the backbones: (BERT output, feature map) -> outputs.
@@ -159,17 +159,13 @@ class RelevanceModel(keras_hub.models.Task):
         Shares its weights with this model; train it on cached backbone outputs when both
         backbones are frozen.
         """
-        seq = keras.Input(
-            tuple(self.text_encoder.output["sequence_output"].shape[1:]), name="sequence_output"
-        )
+        seq = keras.Input(tuple(self.text_encoder.output["sequence_output"].shape[1:]), name="sequence_output")
         inputs = {
             "sequence_output": seq,
             "text_mask": keras.Input((None,), dtype="int32", name="text_mask"),
             "token_ids": keras.Input((None,), dtype="int32", name="token_ids"),
             "segment_ids": keras.Input((None,), dtype="int32", name="segment_ids"),
-            "feature_map": keras.Input(
-                tuple(self.image_encoder.output.shape[1:]), name="feature_map"
-            ),
+            "feature_map": keras.Input(tuple(self.image_encoder.output.shape[1:]), name="feature_map"),
             "has_image": keras.Input((), name="has_image"),
         }
         head_inputs = {k: v for k, v in inputs.items() if k != "feature_map"}
@@ -196,6 +192,7 @@ class RelevanceModel(keras_hub.models.Task):
                 "label_set": self.label_set.get_config(),
                 "freeze_text": self.freeze_text,
                 "freeze_image": self.freeze_image,
+                "special_token_ids": self.special_token_ids,
             }
         )
         return config
@@ -209,12 +206,16 @@ class RelevanceModel(keras_hub.models.Task):
         return super().from_config(config)
 
 
-def _special_token_ids(preprocessor, text_backbone) -> list[int]:
+def _special_token_ids(preprocessor) -> list[int]:
     """[CLS], [SEP], [PAD] ids, which must never count as a query-title match."""
     tokenizer = getattr(preprocessor, "tokenizer", None)
-    if tokenizer is None:
-        return [0, 101, 102]  # BERT uncased vocabularies
-    return sorted({tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id})
+    ids = {tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id} if tokenizer is not None else set()
+    if not ids or None in ids:
+        raise ValueError(
+            "RelevanceModel needs the tokenizer's [CLS]/[SEP]/[PAD] ids: pass a preprocessor with a loaded "
+            "tokenizer, or special_token_ids"
+        )
+    return sorted(ids)
 
 
 def _build_fusion_head(
@@ -237,9 +238,7 @@ def _build_fusion_head(
     text_mask = keras.Input((None,), dtype="int32", name="text_mask")
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
-    image_tokens = keras.Input(
-        token_shape if fusion != "text_only" else (1, 1), name="image_tokens"
-    )
+    image_tokens = keras.Input(token_shape if fusion != "text_only" else (1, 1), name="image_tokens")
     has_image = keras.Input((), name="has_image")
     inputs = {
         "sequence_output": seq,
@@ -251,9 +250,7 @@ def _build_fusion_head(
     }
 
     text = keras.layers.Dense(hidden_dim, name="text_projection")(seq)
-    match = fl.CrossSegmentMatch(special_token_ids, name="cross_segment_match")(
-        token_ids, segment_ids, text_mask
-    )
+    match = fl.CrossSegmentMatch(special_token_ids, name="cross_segment_match")(token_ids, segment_ids, text_mask)
     match = keras.layers.Reshape((-1, 1), name="match_feature")(match)
     match = keras.layers.Dense(hidden_dim, name="match_embedding")(match)
     text = keras.layers.Add(name="text_with_match")([text, match])
@@ -287,9 +284,7 @@ def _build_fusion_head(
             if fusion == "concat":
                 features = keras.layers.Concatenate(name="concat")([pooled_text, image_vec])
             else:  # gated: the text decides how much of the photo to let through, per channel.
-                gate = keras.layers.Dense(hidden_dim, activation="sigmoid", name="gate")(
-                    pooled_text
-                )
+                gate = keras.layers.Dense(hidden_dim, activation="sigmoid", name="gate")(pooled_text)
                 gated = keras.layers.Multiply(name="gated_image")([gate, image_vec])
                 features = keras.layers.Concatenate(name="gated_concat")([pooled_text, gated])
 

@@ -21,15 +21,9 @@ def _flops(model, batch_size: int, seq_len: int) -> int:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     def spec(t):
-        return tf.TensorSpec(
-            [batch_size, *(seq_len if d is None else d for d in t.shape[1:])], t.dtype
-        )
+        return tf.TensorSpec([batch_size, *(seq_len if d is None else d for d in t.shape[1:])], t.dtype)
 
-    specs = (
-        {k: spec(t) for k, t in model.input.items()}
-        if isinstance(model.input, dict)
-        else spec(model.input)
-    )
+    specs = {k: spec(t) for k, t in model.input.items()} if isinstance(model.input, dict) else spec(model.input)
     fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(specs)
     graph = convert_variables_to_constants_v2(fn).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
@@ -74,7 +68,5 @@ def branch_summary(model, batch_size: int = 1) -> list[dict]:
 def format_summary(rows: list[dict]) -> str:
     lines = [f"{'branch':<16}{'trainable':>14}{'params':>14}{'GFLOPs/example':>16}"]
     for r in rows:
-        lines.append(
-            f"{r['branch']:<16}{r['trainable_params']:>14,}{r['params']:>14,}{r['flops'] / 1e9:>16.3f}"
-        )
+        lines.append(f"{r['branch']:<16}{r['trainable_params']:>14,}{r['params']:>14,}{r['flops'] / 1e9:>16.3f}")
     return "\n".join(lines)

@@ -78,9 +78,7 @@ def declared_size(data: tf.Tensor) -> tf.Tensor:
             default=lambda: zero,
         )
 
-    is_webp = tf.logical_and(
-        tf.equal(magic4, b"RIFF"), tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP")
-    )
+    is_webp = tf.logical_and(tf.equal(magic4, b"RIFF"), tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP"))
     return tf.case(
         [
             (tf.equal(magic4, b"\x89PNG"), png),
@@ -132,9 +130,7 @@ class ImageDecoder(keras.layers.Layer):
 
         def decode():
             hw = declared_size(data)
-            ok = tf.logical_and(
-                tf.reduce_all(hw <= self.max_side), hw[0] * hw[1] <= self.max_pixels
-            )
+            ok = tf.logical_and(tf.reduce_all(hw <= self.max_side), hw[0] * hw[1] <= self.max_pixels)
             check = tf.debugging.Assert(
                 ok,
                 [

@@ -26,9 +26,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _read_image(path: tf.Tensor) -> tf.Tensor:
-    return tf.cond(
-        tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: tf.constant(b"")
-    )
+    return tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: tf.constant(b""))
 
 
 def raw_dataset(
@@ -105,9 +103,7 @@ def make_dataset(
     def preprocess(x, *rest):
         return (preprocessor(x), *rest)
 
-    ds = ds.map(
-        preprocess, num_parallel_calls=num_parallel_calls, deterministic=deterministic or None
-    )
+    ds = ds.map(preprocess, num_parallel_calls=num_parallel_calls, deterministic=deterministic or None)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
@@ -151,9 +147,7 @@ def write_tfrecords(
                 "query": _bytes(columns["query"][i]),
                 "title": _bytes(columns["title"][i]),
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-                "label": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[int(columns["label"][i])])
-                ),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(columns["label"][i])])),
                 "query_id": _bytes(columns.get("query_id", [""] * n)[i]),
                 "product_id": _bytes(columns.get("product_id", [""] * n)[i]),
             }
@@ -174,9 +168,7 @@ def read_tfrecords(
 ) -> tf.data.Dataset:
     """Streams `write_tfrecords` shards as `({"query", "title", "image"}, label)` examples."""
     files = tf.data.Dataset.list_files(str(pattern), shuffle=shuffle_files, seed=seed)
-    ds = files.interleave(
-        tf.data.TFRecordDataset, num_parallel_calls=AUTOTUNE, deterministic=not shuffle_files
-    )
+    ds = files.interleave(tf.data.TFRecordDataset, num_parallel_calls=AUTOTUNE, deterministic=not shuffle_files)
 
     def parse(record):
         ex = tf.io.parse_single_example(record, _FEATURES)

@@ -108,15 +108,11 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
     def _preprocess(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         missing = [k for k in RAW_INPUTS if k not in x]
         if missing:
-            raise KeyError(
-                f"RelevancePreprocessor: raw inputs need keys {RAW_INPUTS}; missing {missing}"
-            )
+            raise KeyError(f"RelevancePreprocessor: raw inputs need keys {RAW_INPUTS}; missing {missing}")
         query = tf.convert_to_tensor(x["query"], tf.string)
         title = tf.convert_to_tensor(x["title"], tf.string)
         features = self.tokenize(query, title)
-        features["images"], features["has_image"] = self.image_decoder(
-            tf.convert_to_tensor(x["image"], tf.string)
-        )
+        features["images"], features["has_image"] = self.image_decoder(tf.convert_to_tensor(x["image"], tf.string))
         return features
 
     def call(self, x, y=None, sample_weight=None):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -28,7 +28,12 @@ from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
 from esr_tf.models.builder import build_relevance_model
 from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.config import TrainConfig
-from esr_tf.training.distribute import make_strategy
+from esr_tf.training.distribute import (
+    is_multi_worker,
+    local_predict,
+    make_strategy,
+    worker_out_dir,
+)
 from esr_tf.training.feature_cache import BackboneFeatures, targets
 from esr_tf.training.losses import RelevanceLoss
 
@@ -52,9 +57,7 @@ class TrainResult:
 def load_training_data(config: TrainConfig) -> Catalogue:
     """The catalogue named by `config.data`, generating the demo shop for `"demo"`."""
     if config.data == "demo":
-        folder = generate_demo_shop(
-            Path(config.out_dir) / "demo_shop", seed=config.seed, size=config.demo_size
-        )
+        folder = generate_demo_shop(Path(config.out_dir) / "demo_shop", seed=config.seed, size=config.demo_size)
     else:
         folder = Path(config.data)
     return load_catalogue(folder, missing_images=config.missing_images)
@@ -65,7 +68,8 @@ def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.nd
     if mode == "none":
         return np.ones(num_labels, np.float32)
     counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
-    weights = np.where(counts > 0, len(labels) / (num_labels * np.maximum(counts, 1)), 0.0)
+    present = max(1, int((counts > 0).sum()))
+    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
     return weights.astype(np.float32)
 
 
@@ -82,9 +86,27 @@ def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Op
     return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
 
 
-def _callbacks(config: TrainConfig, out: Path) -> list[keras.callbacks.Callback]:
+class NaNGuard(keras.callbacks.TerminateOnNaN):
+    """`TerminateOnNaN` that remembers where the loss went bad, for the error message."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: tuple[int, int] | None = None
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)) and self.where is None:
+            self.where = (self.epoch + 1, batch + 1)
+        super().on_batch_end(batch, logs)
+
+
+def _callbacks(config: TrainConfig, out: Path, guard: NaNGuard) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.TerminateOnNaN(),
+        guard,
         keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
             str(out / "checkpoints" / "best.weights.h5"),
@@ -112,11 +134,13 @@ def _set_precision(config: TrainConfig) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use else "float32")
 
 
-def train(
-    config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: int = 1
-) -> TrainResult:
+def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: int = 1) -> TrainResult:
     """Trains per `config`; returns the trained model (best `val_loss` weights) and its history."""
     strategy = make_strategy(config.strategy)  # before any other TF op, for multi-worker
+    # distribute: non-chief workers write their (identical) files to a folder of their own.
+    config = replace(config, out_dir=str(worker_out_dir(config.out_dir, strategy)))
+    # distribute: workers shard the data by element, so all must see the same order.
+    same_order = config.deterministic or is_multi_worker(strategy)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -137,11 +161,7 @@ def train(
         weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)
         steps = math.ceil(len(train_cols["label"]) / config.batch_size)
         loss = RelevanceLoss(num_labels, config.loss, config.focal_gamma, config.label_smoothing)
-        use_cache = (
-            config.cache_features
-            and not model.text_backbone.trainable
-            and not model.image_backbone.trainable
-        )
+        use_cache = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable
         trainee = model.head_model() if use_cache else model
         trainee.compile(
             optimizer=_optimizer(config, steps),
@@ -154,8 +174,10 @@ def train(
             len(train_cols["label"]),
             len(valid_cols["label"]),
         )
-        train_feats = BackboneFeatures.compute(model, train_cols)
-        valid_feats = BackboneFeatures.compute(model, valid_cols)
+        # distribute: every worker computes all features itself (no per-batch gathers).
+        with local_predict(model.text_encoder, model.image_encoder):
+            train_feats = BackboneFeatures.compute(model, train_cols)
+            valid_feats = BackboneFeatures.compute(model, valid_cols)
         train_ds = train_feats.dataset(
             batch_size=config.batch_size,
             shuffle=True,
@@ -174,7 +196,7 @@ def train(
             seed=config.seed,
             repeat=True,
             cache=True,
-            deterministic=config.deterministic,
+            deterministic=same_order,
         ).map(
             lambda x, y: (
                 x,
@@ -183,35 +205,35 @@ def train(
             )
         )
         valid_ds = make_dataset(
-            valid_cols, model.preprocessor, batch_size=config.batch_size, cache=True
+            valid_cols,
+            model.preprocessor,
+            batch_size=config.batch_size,
+            cache=True,
+            deterministic=same_order,
         ).map(lambda x, y: (x, targets(y, gains)))
 
+    guard = NaNGuard()
     history = trainee.fit(
         train_ds,
         validation_data=valid_ds,
         epochs=config.epochs,
         steps_per_epoch=steps,
-        callbacks=_callbacks(config, out),
+        callbacks=_callbacks(config, out, guard),
         verbose=verbose,
     )
     losses = history.history.get("loss", [])
-    if (
-        any(not np.isfinite(v) for v in losses)
-        or trainee.stop_training
-        and losses
-        and not np.isfinite(losses[-1])
-    ):
+    if guard.where is not None:
+        epoch, batch = guard.where
         raise TrainingError(
-            f"training stopped: the loss became NaN/inf in epoch {len(losses)} "
-            "(lower learning_rate, check the inputs, or turn off mixed_precision)"
+            f"training stopped: the loss became NaN/inf at epoch {epoch}, batch {batch} "
+            "(lower learning_rate, check the inputs, or turn off mixed_precision); "
+            f"the last good state is in {out / 'checkpoints'}"
         )
     model_path = out / "model.keras"
     tmp = out / "model.keras.partial.keras"
     model.save(tmp)
     tmp.replace(model_path)
-    return TrainResult(
-        model, _full_history(out, history.history), catalogue, out, model_path, len(losses)
-    )
+    return TrainResult(model, _full_history(out, history.history), catalogue, out, model_path, len(losses))
 
 
 def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:
@@ -222,8 +244,4 @@ def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list
     rows = [line.split(",") for line in path.read_text().splitlines() if line]
     header, body = rows[0], [r for r in rows[1:] if r and r[0] != "epoch"]
     by_epoch = {int(r[0]): r for r in body}  # a resumed epoch overwrites its partial row
-    return {
-        key: [float(by_epoch[e][i]) for e in sorted(by_epoch)]
-        for i, key in enumerate(header)
-        if key != "epoch"
-    }
+    return {key: [float(by_epoch[e][i]) for e in sorted(by_epoch)] for i, key in enumerate(header) if key != "epoch"}

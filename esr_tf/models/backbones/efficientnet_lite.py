@@ -65,9 +65,7 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
 
     def __init__(self, *, depthwise_padding: str = "same", **kwargs):
         if depthwise_padding not in ("same", "symmetric"):
-            raise ValueError(
-                f"depthwise_padding must be 'same' or 'symmetric', got {depthwise_padding!r}"
-            )
+            raise ValueError(f"depthwise_padding must be 'same' or 'symmetric', got {depthwise_padding!r}")
         # Read by `_apply_efficientnet_block` while the parent builds the graph.
         self._depthwise_padding = depthwise_padding
         super().__init__(**kwargs)
@@ -126,9 +124,7 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
                 kernel_initializer=init,
                 name=name + conv_name,
             )(x)
-            return keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + bn_name)(
-                x
-            )
+            return keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + bn_name)(x)
 
         filters = filters_in * expand_ratio
         x = inputs
@@ -162,14 +158,10 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
             x = keras.layers.multiply([x, se], name=name + "se_excite")
         x = conv_bn(x, filters_out, "project", "project_bn")
         if projection_activation:
-            x = keras.layers.Activation(projection_activation, name=name + "projection_activation")(
-                x
-            )
+            x = keras.layers.Activation(projection_activation, name=name + "projection_activation")(x)
         if strides == 1 and filters_in == filters_out:
             if dropout > 0:
-                x = keras.layers.Dropout(dropout, noise_shape=(None, 1, 1, 1), name=name + "drop")(
-                    x
-                )
+                x = keras.layers.Dropout(dropout, noise_shape=(None, 1, 1, 1), name=name + "drop")(x)
             x = keras.layers.Add(name=name + "add")([x, inputs])
         return x
 
@@ -230,9 +222,7 @@ def load_lite0_backbone(
             tensors = lite0_weights.to_timm_state_dict(state)
     kwargs = convert_efficientnet.convert_backbone_config(config)
     shape = (image_size, image_size, 3) if image_size else (None, None, 3)
-    backbone = EfficientNetLiteBackbone(
-        **{**kwargs, **TF_LITE_OVERRIDES}, input_shape=shape, name=name
-    )
+    backbone = EfficientNetLiteBackbone(**{**kwargs, **TF_LITE_OVERRIDES}, input_shape=shape, name=name)
     if tensors is not None:
         loader = _NumpyWeightsLoader(tensors)
         convert_efficientnet.convert_weights(backbone, loader, config)

@@ -99,9 +99,7 @@ class InferenceModeBackbone(keras.layers.Layer):
         return cls(**config)
 
 
-def build_image_backbone(
-    name: str = LITE0, weights: str | None = "pretrained", image_size: int = 160
-) -> keras.Model:
+def build_image_backbone(name: str = LITE0, weights: str | None = "pretrained", image_size: int = 160) -> keras.Model:
     """Builds an image backbone returning its last feature map.
 
     Args:
@@ -136,8 +134,7 @@ def build_image_backbone(
         weights = None
     elif weights is not None and weights != "pretrained" and not Path(weights).exists():
         raise FileNotFoundError(
-            f"image backbone weights {weights!r} not found (expected 'pretrained', 'random' "
-            "or an existing file)"
+            f"image backbone weights {weights!r} not found (expected 'pretrained', 'random' or an existing file)"
         )
     # Our own saved weights fit the wrapper built below, so they are loaded last.
     saved = weights if weights is not None and str(weights).endswith(".weights.h5") else None

@@ -101,9 +101,7 @@ class _TensorRef:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
 
-def _rebuild_tensor_v2(
-    storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None
-):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     # The data is not read yet (it follows the pickle), so return a reference.
     if not isinstance(storage, _Storage):
         raise pickle.UnpicklingError("_rebuild_tensor_v2 got something that is not a storage")

@@ -201,9 +201,7 @@ def _from_hf_folder(folder: Path, load_weights: bool):
         intermediate_activation=_HF_ACTIVATIONS[hidden_act],
     )
     if load_weights:
-        convert_bert.convert_weights(
-            backbone, _SafetensorsReader(folder / "model.safetensors"), config
-        )
+        convert_bert.convert_weights(backbone, _SafetensorsReader(folder / "model.safetensors"), config)
     return backbone, _hf_tokenizer(folder)
 
 
@@ -227,9 +225,7 @@ def _hf_tokenizer(folder: Path) -> keras_hub.models.BertTokenizer:
 def _from_dict(config: dict):
     unknown = sorted(set(config) - _DICT_KEYS)
     if unknown:
-        raise ValueError(
-            f"text backbone config: unknown keys {unknown}; allowed {sorted(_DICT_KEYS)}"
-        )
+        raise ValueError(f"text backbone config: unknown keys {unknown}; allowed {sorted(_DICT_KEYS)}")
     missing = [k for k in _REQUIRED_DICT_KEYS if k not in config]
     if missing:
         raise ValueError(f"text backbone config: missing keys {missing}")
