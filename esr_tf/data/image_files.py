@@ -141,7 +141,10 @@ def resolve_inside(root: str | os.PathLike, relative: str) -> Path:
         raise ValueError(f"absolute image path {text!r} (must be relative to the catalogue folder)")
     root_resolved = Path(root).resolve()
     candidate = root_resolved / text
-    resolved = candidate.resolve()
+    try:
+        resolved = candidate.resolve()
+    except (RuntimeError, OSError) as error:  # symlink loops, unreadable links
+        raise ValueError(f"cannot resolve image path {relative!r}: {error}") from None
     if not resolved.is_relative_to(root_resolved):
         via = "" if ".." in Path(text).parts else " through a symlink"
         raise ValueError(f"image path {text!r} leads outside the catalogue folder{via}")

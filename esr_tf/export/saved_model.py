@@ -221,11 +221,14 @@ def export_saved_model(
         )
         write_warmup_file(extra / WARMUP_FILE_NAME, records)
         np.savez(extra / REFERENCE_FILE, **_reference(signatures, sample_inputs()))
+        trash = None
         if final.exists():
+            # Swap by two renames, then delete: the version is missing only between the renames.
             trash = model_dir / f".{version}.old-{os.getpid()}"
             final.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
         target.rename(final)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final

@@ -121,6 +121,10 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
                 "RelevancePreprocessor takes a dict with keys 'query', 'title', 'image' "
                 f"(got {type(x).__name__}); labels go in `y`, not in a tuple with the inputs."
             )
+        if "token_ids" in x and not any(k in x for k in RAW_INPUTS):
+            # Already preprocessed (e.g. by `make_dataset`): KerasHub tasks run their preprocessor
+            # inside fit / predict, so features must pass through unchanged.
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         run = self._graph_call if tf.executing_eagerly() else self._preprocess
         features = run({k: x[k] for k in RAW_INPUTS})
         return keras.utils.pack_x_y_sample_weight(features, y, sample_weight)

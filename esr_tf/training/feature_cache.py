@@ -76,8 +76,9 @@ class BackboneFeatures:
                 .prefetch(AUTOTUNE)
             )
             feature_maps = model.image_encoder.predict(image_ds, verbose=verbose).astype(np.float32)
-        else:
+        else:  # text_only reads no photo: one zero row that every example points at
             feature_maps = np.zeros((1, *fmap_shape), np.float32)
+            image_index = np.zeros_like(image_index)
         labels = np.asarray(columns["label"], np.int32) if "label" in columns else None
         return cls(
             sequence_output=np.asarray(text["sequence_output"], np.float32),

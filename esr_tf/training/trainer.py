@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -224,10 +225,15 @@ def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: i
     losses = history.history.get("loss", [])
     if guard.where is not None:
         epoch, batch = guard.where
+        # Never leave NaN weights to resume from: BackupAndRestore saved the poisoned epoch, and a
+        # first-epoch "best" checkpoint was written unconditionally.
+        shutil.rmtree(out / "backup", ignore_errors=True)
+        if epoch == 1:
+            (out / "checkpoints" / "best.weights.h5").unlink(missing_ok=True)
+        good = f"; the best earlier weights are in {out / 'checkpoints'}" if epoch > 1 else ""
         raise TrainingError(
             f"training stopped: the loss became NaN/inf at epoch {epoch}, batch {batch} "
-            "(lower learning_rate, check the inputs, or turn off mixed_precision); "
-            f"the last good state is in {out / 'checkpoints'}"
+            f"(lower learning_rate, check the inputs, or turn off mixed_precision){good}"
         )
     model_path = out / "model.keras"
     tmp = out / "model.keras.partial.keras"

@@ -1,0 +1,427 @@
+"""The measurements behind `run_benchmarks`, one function per area; each returns plain numbers.
+
+Paired measurements (serving vs numeric model, re-ranking with and without cached image
+features) are interleaved call by call, so that load from other processes on a shared machine
+hits both sides alike.
+
+Example:
+>>> branches = ("text_encoder", "image_encoder", "image_projector", "fusion_head")
+>>> training_flops([{"branch": b, "flops": 10} for b in branches])["full_frozen"]
+80.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.bench.timing import (
+    StepTimer,
+    forward_ms_per_example,
+    summarize,
+    text_inputs,
+)
+from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.preprocessing.relevance_preprocessor import RAW_INPUTS
+from esr_tf.training.feature_cache import BackboneFeatures, targets
+from esr_tf.training.losses import RelevanceLoss
+
+FLOPS_FORMULA = (
+    "FLOPs per training example = 3 x forward FLOPs of each trained branch (forward + backward) "
+    "+ 1 x forward FLOPs of each frozen branch that runs in the step; forward FLOPs per branch "
+    "from esr_tf.models.summary.branch_summary (batch 1, a multiply-add = 2 FLOPs). "
+    "head_cached = 3 (image_projector + fusion_head); full_frozen = text_encoder + image_encoder "
+    "+ 3 (image_projector + fusion_head); full_text_trainable = 3 text_encoder + image_encoder "
+    "+ 3 (image_projector + fusion_head)."
+)
+
+
+def subset(columns: Mapping[str, np.ndarray], n: int | None) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v)[:n] for k, v in columns.items()}
+
+
+def training_flops(rows: list[dict]) -> dict[str, float]:
+    """FLOPs per training example for the three measured training modes (see FLOPS_FORMULA)."""
+    f = {r["branch"]: float(r["flops"]) for r in rows}
+    head = 3 * (f["image_projector"] + f["fusion_head"])
+    return {
+        "head_cached": head,
+        "full_frozen": f["text_encoder"] + f["image_encoder"] + head,
+        "full_text_trainable": 3 * f["text_encoder"] + f["image_encoder"] + head,
+        "forward_per_branch": {k: v for k, v in f.items() if k != "total"},
+    }
+
+
+# === Input pipeline ===
+
+
+def _drain(ds: tf.data.Dataset) -> tuple[int, float]:
+    """(examples, seconds) for one full pass over a batched `(features, label)` dataset."""
+    start, n = time.perf_counter(), 0
+    for _, y in ds:
+        n += int(y.shape[0])
+    return n, time.perf_counter() - start
+
+
+def measure_pipeline(
+    preprocessor, columns, *, batch_size: int, serial_columns=None, uncached: bool = False
+) -> dict:
+    """Examples/s of `make_dataset` parallel + cached (2nd pass) vs a serial, uncached map."""
+    parallel = make_dataset(columns, preprocessor, batch_size=batch_size, cache=True)
+    n, fill_s = _drain(parallel)  # the 1st pass reads the files into the cache
+    n, par_s = _drain(parallel)
+    with warnings.catch_warnings():  # make_dataset passes `deterministic` to serial maps too
+        warnings.filterwarnings("ignore", message="The `deterministic` argument has no effect")
+        serial = make_dataset(
+            columns if serial_columns is None else serial_columns,
+            preprocessor,
+            batch_size=batch_size,
+            num_parallel_calls=None,
+            deterministic=True,
+            cache=False,
+        )
+    ns, ser_s = _drain(serial)
+    out = {
+        "examples": n,
+        "parallel_cached_ex_s": n / par_s,
+        "parallel_first_pass_ex_s": n / fill_s,
+        "serial_examples": ns,
+        "serial_ex_s": ns / ser_s,
+    }
+    if uncached:
+        nu, unc_s = _drain(make_dataset(columns, preprocessor, batch_size=batch_size))
+        out["parallel_uncached_ex_s"] = nu / unc_s
+    return out
+
+
+# === Training ===
+
+
+def compile_for_training(trainee, model, *, jit_compile: bool | str = "auto") -> None:
+    """As `esr_tf.training.trainer.train` compiles (AdamW, RelevanceLoss, accuracy)."""
+    trainee.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=0.01),
+        loss={"probabilities": RelevanceLoss(model.label_set.num_labels)},
+        metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
+        jit_compile=jit_compile,
+    )
+
+
+def _timed_fit(trainee, ds, *, batch_size: int, warmup: int, steps: int) -> dict:
+    timer = StepTimer()
+    with warnings.catch_warnings():
+        # BERT's unused pooler has no gradient when the text backbone trains: expected here.
+        warnings.filterwarnings("ignore", message="Gradients do not exist")
+        trainee.fit(
+            ds,
+            epochs=1,
+            steps_per_epoch=warmup + steps,
+            callbacks=[timer],
+            shuffle=False,
+            verbose=0,
+        )
+    return {
+        "ex_s": timer.steps_per_second(skip=warmup) * batch_size,
+        "first_step_s": timer.first_step_seconds(),
+        "timed_steps": steps,
+    }
+
+
+def compute_features(model, columns) -> tuple[BackboneFeatures, dict]:
+    """`BackboneFeatures.compute` (frozen backbones run once), timed per example."""
+    start = time.perf_counter()
+    feats = BackboneFeatures.compute(model, columns)
+    seconds = time.perf_counter() - start
+    n = len(feats)
+    return feats, {
+        "examples": n,
+        "unique_images": int(len(feats.feature_maps)),
+        "ms_per_example": 1e3 * seconds / n,
+    }
+
+
+def measure_head_training(
+    model, feats: BackboneFeatures, *, batch_size: int, warmup: int, steps: int, jit: bool = False
+) -> dict:
+    """The default training path: `model.head_model()` on cached backbone outputs."""
+    head = model.head_model()
+    compile_for_training(head, model, jit_compile=True if jit else "auto")
+    ds = feats.dataset(
+        batch_size=batch_size, shuffle=True, repeat=True, gains=tuple(model.label_set.gains)
+    )
+    return _timed_fit(head, ds, batch_size=batch_size, warmup=warmup, steps=steps)
+
+
+def numeric_batches(
+    model, columns, preprocess, *, batch_size: int, num_batches: int
+) -> tf.data.Dataset:
+    """`num_batches` preprocessed batches held in memory, repeated (a producer that costs ~0).
+
+    `preprocess` is `graph_preprocess(model)` (already traced: no new tf.data trace).
+    """
+    n = batch_size * num_batches
+    x = preprocess(_tf_inputs(raw_examples(columns, n), slice(0, n)))
+    y = tf.constant(np.asarray(columns["label"][:n], np.int32))
+    gains = tuple(model.label_set.gains)
+    return (
+        tf.data.Dataset.from_tensor_slices((x, targets(y, gains)))
+        .batch(batch_size, drop_remainder=True)
+        .cache()
+        .repeat()
+        .prefetch(2)
+    )
+
+
+@contextlib.contextmanager
+def detached_preprocessor(model):
+    """KerasHub's `Task.fit` re-applies `model.preprocessor`; numeric inputs must skip it."""
+    pre = model.preprocessor
+    model.preprocessor = None
+    try:
+        yield model
+    finally:
+        model.preprocessor = pre
+
+
+def measure_full_training(
+    model, ds: tf.data.Dataset, *, batch_size: int, warmup: int, steps: int, train_text: bool
+) -> dict:
+    """The full model (both backbones run every step) on in-memory numeric batches."""
+    was = model.text_backbone.trainable
+    model.text_backbone.trainable = train_text
+    try:
+        compile_for_training(model, model)
+        with detached_preprocessor(model):
+            return _timed_fit(model, ds, batch_size=batch_size, warmup=warmup, steps=steps)
+    finally:
+        model.text_backbone.trainable = was
+
+
+# === Serving ===
+
+
+def raw_examples(columns, n: int, offset: int = 0) -> dict[str, np.ndarray]:
+    """Raw request inputs: query, title and the photo file's bytes (b"" when none)."""
+    rows = slice(offset, offset + n)
+    images = [Path(p).read_bytes() if p else b"" for p in np.asarray(columns["image"])[rows]]
+    return {
+        "query": np.asarray(columns["query"])[rows].astype(str).astype(object),
+        "title": np.asarray(columns["title"])[rows].astype(str).astype(object),
+        "image": np.array(images, dtype=object),
+    }
+
+
+def _tf_inputs(raw: Mapping[str, np.ndarray], rows: slice) -> dict[str, tf.Tensor]:
+    return {k: tf.constant(list(v[rows]), tf.string) for k, v in raw.items()}
+
+
+def _interleaved(a, b, repeats: int) -> tuple[list[float], list[float]]:
+    """Times `a(i)` and `b(i)` alternately (after one warm-up each)."""
+    a(0), b(0)
+    ta, tb = [], []
+    for i in range(repeats):
+        for fn, times in ((a, ta), (b, tb)):
+            start = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - start)
+    return ta, tb
+
+
+def graph_preprocess(model) -> tf.function:
+    """`model.preprocessor` traced once for any batch size (raw string batches -> numeric)."""
+    spec = {k: tf.TensorSpec([None], tf.string) for k in RAW_INPUTS}
+    return tf.function(lambda x: model.preprocessor(x), input_signature=[spec])
+
+
+def _numeric_model(model, example: dict) -> tf.function:
+    """The Keras model on numeric inputs, traced once for any batch size."""
+    spec = {k: tf.TensorSpec([None, *v.shape[1:]], v.dtype) for k, v in example.items()}
+    return tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+
+def measure_serving(
+    model, loaded, raw, preprocess, *, batch_size: int, repeats_b1: int, repeats_b: int
+) -> dict:
+    """`serving_default` of the loaded export vs the Keras model on preprocessed tensors.
+
+    `preprocess` is `graph_preprocess(model)`; the numeric inputs are computed before timing.
+    """
+    signature = loaded.signatures["serving_default"]
+    n = min(len(raw["query"]), max(batch_size, repeats_b1))
+    numeric_all = preprocess(_tf_inputs(raw, slice(0, n)))
+    numeric = _numeric_model(model, numeric_all)
+    m = min(n, repeats_b1)
+    singles = [_tf_inputs(raw, slice(i, i + 1)) for i in range(m)]
+    single_numeric = [{k: v[i : i + 1] for k, v in numeric_all.items()} for i in range(m)]
+    full = _tf_inputs(raw, slice(0, batch_size))
+    full_numeric = {k: v[:batch_size] for k, v in numeric_all.items()}
+    _fetch(signature(**full))  # the first call of a loaded function optimises its graph
+    b1_sig, b1_num = _interleaved(
+        lambda i: _fetch(signature(**singles[i % m])),
+        lambda i: _fetch(numeric(single_numeric[i % m])),
+        repeats_b1,
+    )
+    b_sig, b_num = _interleaved(
+        lambda i: _fetch(signature(**full)), lambda i: _fetch(numeric(full_numeric)), repeats_b
+    )
+    return {
+        "b1_serving": summarize(b1_sig),
+        "b1_numeric": summarize(b1_num),
+        f"b{batch_size}_serving": summarize(b_sig),
+        f"b{batch_size}_numeric": summarize(b_num),
+        "batch_size": batch_size,
+    }
+
+
+def _fetch(outputs) -> None:
+    for value in outputs.values():
+        value.numpy()
+
+
+def product_sample(columns, n: int) -> dict[str, np.ndarray]:
+    """Up to `n` distinct products (title + photo bytes) from the catalogue."""
+    seen: dict[str, int] = {}
+    for i, pid in enumerate(np.asarray(columns["product_id"])):
+        if pid not in seen:
+            seen[pid] = i
+        if len(seen) == n:
+            break
+    rows = np.array(list(seen.values()))
+    picked = {k: np.asarray(columns[k])[rows] for k in ("query", "title", "image")}
+    return raw_examples(picked, len(rows))
+
+
+def measure_rerank(loaded, products: dict[str, np.ndarray], *, query: str, repeats: int) -> dict:
+    """Scoring N products for one query: cached image tokens vs `serving_default`."""
+    n = len(products["title"])
+    query_t = tf.constant([query] * n)
+    title_t = tf.constant(list(products["title"]))
+    image_t = tf.constant(list(products["image"]))
+    embed = loaded.signatures["embed_images"]
+    start = time.perf_counter()
+    cached = embed(image=image_t)
+    embed_s = time.perf_counter() - start
+    scored = loaded.signatures["score_with_image_features"]
+    full = loaded.signatures["serving_default"]
+    t_cached, t_full = _interleaved(
+        lambda i: _fetch(scored(query=query_t, title=title_t, **cached)),
+        lambda i: _fetch(full(query=query_t, title=title_t, image=image_t)),
+        repeats,
+    )
+    tokens = cached["image_tokens"]
+    return {
+        "products": n,
+        "cached": summarize(t_cached),
+        "full": summarize(t_full),
+        "embed_ms_per_product": 1e3 * embed_s / n,
+        "token_kb_per_product": tokens.shape[1] * tokens.shape[2] * 4 / 1024,
+    }
+
+
+def measure_cpp(export_dir: Path, requests: dict, *, repeats: int, enabled: bool = True) -> dict:
+    """Batch-1 latency of the export through the C++ client, or `{"skipped": reason}`."""
+    from esr_tf.export.cpp_client import cpp_toolchain_available, run_cpp_client
+
+    reason = "disabled (cpp=False)" if not enabled else cpp_toolchain_available()
+    if reason is not None:
+        return {"skipped": reason}
+    import subprocess
+
+    try:
+        b1 = run_cpp_client(
+            export_dir, {k: list(v[:1]) for k, v in requests.items()}, repeats=repeats
+        )
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as error:
+        # A failed build or run is a result to report, not a reason to lose the other figures.
+        return {"skipped": f"esr_predict failed: {str(error)[:500]}"}
+    return {"b1": {k: b1[k] for k in ("ms_per_run", "ms_per_example", "load_ms", "first_run_ms")}}
+
+
+# === Side experiments (what moves the figures) ===
+
+
+def side_experiments(
+    model, config, feats, raw: dict, *, batch_size, repeats, head_steps, time_left
+) -> dict:
+    """Labelled experiments on what moves the figures; the costly ones need `time_left() > 60`."""
+    sides: dict = {}
+    p = raw["pipeline"]
+    sides["tf.data parallel vs serial"] = {
+        "parallel_cached_ex_s": p["parallel_cached_ex_s"],
+        "parallel_uncached_ex_s": p.get("parallel_uncached_ex_s"),
+        "serial_uncached_ex_s": p["serial_ex_s"],
+        "note": "separates the parallel map from the cache of raw bytes",
+    }
+    n_train, epochs = raw["train_examples"], 12  # the shop's train split, TrainConfig().epochs
+    head, full = raw["head"]["ex_s"], raw["full_frozen"]["ex_s"]
+    cached_s = n_train * raw["features"]["ms_per_example"] / 1e3 + epochs * n_train / head
+    sides["cached vs uncached frozen backbones"] = {
+        "head_cached_ex_s": head,
+        "full_frozen_ex_s": full,
+        "step_speedup": head / full,
+        "estimated_12_epoch_speedup": epochs * n_train / full / cached_s,
+        "note": "derived from the training figures; the 12-epoch estimate (train split) "
+        "includes the one-off feature pass",
+    }
+    if time_left() > 60:
+        vocab = int(model.text_backbone.vocabulary_size)
+        ms = {
+            str(n): forward_ms_per_example(
+                model.text_encoder, text_inputs(batch_size, n, vocab), repeats
+            )
+            for n in (32, 64)
+        }
+        sides["sequence length 32 vs 64"] = {
+            "text_encoder_ms_per_example": ms,
+            "ratio_64_over_32": ms["64"] / ms["32"],
+            "note": "text_encoder forward only, batch 32",
+        }
+    if time_left() > 60:
+        sides["image resolution 160 vs 224"] = _image_sizes(model, config, batch_size, repeats)
+    if time_left() > 60:
+        w, n = head_steps
+        xla = measure_head_training(
+            model, feats, batch_size=batch_size, warmup=w, steps=n, jit=True
+        )
+        sides["XLA jit_compile on the head only"] = {
+            "head_ex_s_default": head,
+            "head_ex_s_jit": xla["ex_s"],
+            "jit_first_step_s": xla["first_step_s"],
+            "speedup": xla["ex_s"] / head,
+            "note": "head_model() only; never forced on Lite0 (7-12x slower on CPU)",
+        }
+    for name in (
+        "sequence length 32 vs 64",
+        "image resolution 160 vs 224",
+        "XLA jit_compile on the head only",
+    ):
+        sides.setdefault(name, {"skipped": "time budget spent"})
+    return sides
+
+
+def _image_sizes(model, config, batch_size: int, repeats: int) -> dict:
+    from esr_tf.models.backbones.image_backbone import build_image_backbone
+    from esr_tf.models.builder import tiny_image_backbone
+
+    ms = {}
+    for size in (160, 224):
+        if size == config.image_size:
+            net = model.image_backbone
+        elif config.image == "tiny":
+            net = tiny_image_backbone(size)
+        else:  # weights do not change the speed; random init skips loading them
+            net = build_image_backbone(config.image, weights="random", image_size=size)
+        images = tf.random.uniform((batch_size, size, size, 3), -1.0, 1.0, seed=3)
+        ms[str(size)] = forward_ms_per_example(net, images, repeats)
+    return {
+        "image_backbone_ms_per_example": ms,
+        "ratio_224_over_160": ms["224"] / ms["160"],
+        "note": "image backbone forward only, batch 32",
+    }

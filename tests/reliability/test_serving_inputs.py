@@ -1,0 +1,161 @@
+"""Hostile requests against the exported `serving_default` / `embed_images` signatures.
+
+Every request gives either a result (finite probabilities summing to 1, a label of the label
+set) or a `tf.errors.InvalidArgumentError` with a clear message; never a crashed process. The
+riskiest inputs (undecodable bytes, headers declaring 50000x50000 pixels) run in a child process
+that must exit 0 after printing the error, so a segfault or an out-of-memory kill would show.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from reliability.helpers import encode, huge_headers, last_json_line, run_python, tail
+
+LABELS = {"exact", "substitute", "complement", "irrelevant"}
+GAINS = np.array([1.0, 0.1, 0.01, 0.0])
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_export):
+    import tensorflow_text  # noqa: F401  (registers the TF-Text ops of the graph)
+
+    return tf.saved_model.load(str(tiny_export))
+
+
+def serve(loaded, query, title, image) -> dict[str, np.ndarray]:
+    out = loaded.signatures["serving_default"](
+        query=tf.constant(query, tf.string), title=tf.constant(title, tf.string),
+        image=tf.constant(image, tf.string),
+    )
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def assert_valid(out: dict[str, np.ndarray], batch: int) -> None:
+    probs, label, score = out["probabilities"], out["label"], out["score"]
+    assert probs.shape == (batch, 4) and label.shape == (batch,) and score.shape == (batch,)
+    assert np.isfinite(probs).all() and np.isfinite(score).all()
+    assert (probs >= 0).all() and (probs <= 1).all()
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    assert {x.decode() for x in label} <= LABELS
+    np.testing.assert_allclose(score, probs @ GAINS, atol=1e-5)
+
+
+TEXTS = {
+    "empty_strings": ("", ""),
+    "title_10000_words": ("red sneaker", "red " * 2500),
+    "title_10000_chars_one_word": ("red sneaker", "x" * 10_000),
+    "query_10000_chars": ("q" * 10_000, "Red sneaker"),
+    "accents": ("Café crème", "Crème brûlée mug, ñandú"),
+    "emoji": ("socks 🧦🧦", "👟" * 300),
+    "cjk": ("防水ジャケット 红色", "赤い靴 빨간 신발"),
+    "rtl_zero_width_combining": ("\u202eeoh\u200bs der", "e\u0301\u0301\u0301 \u200d"),
+    "nul_and_control_chars": ("red\x00shoe\x07", "\x00\x1b[31m"),
+    "invalid_utf8_bytes": (b"\xff\xfe red \xc3", b"\x80\x80 title"),
+    "lone_surrogate_bytes": ("\ud800".encode("utf-8", "surrogatepass"), b"x"),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXTS))
+def test_text_edge_cases_give_a_result(loaded, case):
+    query, title = TEXTS[case]
+    assert_valid(serve(loaded, [query], [title], [b""]), 1)
+
+
+def test_empty_image_bytes_mean_no_image(loaded):
+    emb = loaded.signatures["embed_images"](image=tf.constant([b"", encode(fmt="PNG")]))
+    assert emb["has_image"].numpy().tolist() == [0.0, 1.0]
+    assert np.isfinite(emb["image_tokens"].numpy()).all()
+    assert_valid(serve(loaded, ["red", "red"], ["Red mug", "Red mug"],
+                       [b"", encode(fmt="JPEG")]), 2)
+
+
+@pytest.mark.parametrize("batch", [1, 512])
+def test_batches_of_1_and_512_match_row_by_row(loaded, batch):
+    rng = np.random.default_rng(batch)
+    images = [b"", encode(fmt="JPEG"), encode(fmt="PNG"), encode(fmt="GIF"), encode(fmt="WEBP")]
+    words = ["red", "blue", "sneaker", "mug", "sock", "防水", "🧦", "cap"]
+    query = [" ".join(rng.choice(words, 2)) for _ in range(batch)]
+    title = [" ".join(rng.choice(words, 5)) for _ in range(batch)]
+    image = [images[i % len(images)] for i in range(batch)]
+    out = serve(loaded, query, title, image)
+    assert_valid(out, batch)
+    # A row's result must not depend on the rest of the batch (no cross-row leakage).
+    for i in range(0, batch, max(1, batch // 8)):
+        alone = serve(loaded, [query[i]], [title[i]], [image[i]])
+        np.testing.assert_allclose(out["probabilities"][i], alone["probabilities"][0], atol=1e-5)
+
+
+def test_empty_batch_gives_empty_result(loaded):
+    none = np.array([], dtype=object)
+    out = serve(loaded, none, none, none)
+    assert out["probabilities"].shape == (0, 4) and out["label"].shape == (0,)
+
+
+def test_mismatched_batch_lengths_are_invalid_argument(loaded):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        serve(loaded, ["a", "b"], ["a"], [b"", b""])
+
+
+# --- the risky ones, in a child process -----------------------------------------------------------
+
+CHILD = r"""
+import base64, json, sys
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+loaded = tf.saved_model.load(sys.argv[1])
+serve, embed = loaded.signatures["serving_default"], loaded.signatures["embed_images"]
+cases = json.load(open(sys.argv[2]))
+report = {}
+for name, encoded in cases.items():
+    images = tf.constant([base64.b64decode(x) for x in encoded])
+    n = int(images.shape[0])
+    for signature, call in (
+        ("serving_default", lambda: serve(query=tf.constant(["red"] * n),
+                                          title=tf.constant(["Red sneaker"] * n), image=images)),
+        ("embed_images", lambda: embed(image=images)),
+    ):
+        try:
+            out = call()
+            result = "ok " + str(sorted(out))
+        except tf.errors.InvalidArgumentError as e:
+            result = "InvalidArgumentError: " + e.message.replace("\n", " ")
+        print(name, signature, result[:300], flush=True)
+        report[f"{name}/{signature}"] = result
+print(json.dumps(report))
+"""
+
+GOOD = encode(fmt="PNG")
+RISKY = {
+    "corrupt_bytes": ([b"\x00\x01\x02garbage\xff"], "Unknown image file format"),
+    "html_named_jpg": ([b"<html><body>404</body></html>"], "Unknown image file format"),
+    "truncated_jpeg": ([encode(fmt="JPEG")[:120]], ""),
+    "png_magic_only": ([b"\x89PNG\r\n\x1a\n"], ""),
+    "one_corrupt_row_in_a_batch": ([GOOD, b"", b"garbage", GOOD], "Unknown image file format"),
+    **{f"huge_{fmt}_header": ([data], "image refused")
+       for fmt, data in huge_headers(50000).items()},
+}
+
+
+@pytest.mark.slow
+def test_risky_images_give_invalid_argument_in_a_child_process(tiny_export, tmp_path):
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps({k: [base64.b64encode(x).decode() for x in images]
+                                 for k, (images, _) in RISKY.items()}))
+    child = run_python(CHILD, str(tiny_export), str(cases), timeout=300)
+    assert child.returncode == 0, f"the child crashed ({child.returncode}):\n{tail(child.stderr)}"
+    report = last_json_line(child.stdout)
+    for name, (_, expected) in RISKY.items():
+        for signature in ("serving_default", "embed_images"):
+            result = report[f"{name}/{signature}"]
+            assert result.startswith("InvalidArgumentError: "), (name, signature, result)
+            assert expected in result, (name, signature, result)
+    for fmt in ("png", "jpeg", "gif", "bmp"):
+        assert "[50000 50000]" in report[f"huge_{fmt}_header/serving_default"]
+    assert "[16384 16384]" in report["huge_webp_header/serving_default"]
+    assert "InvalidArgumentError" in child.stdout  # printed, not only returned
