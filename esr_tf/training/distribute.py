@@ -6,11 +6,11 @@ runs in the process (it configures collective ops on the eager context), so `tra
 which does not run under `MultiWorkerMirroredStrategy` as released (both checked by
 `tests/training/test_distribute.py`, which fails once upstream fixes them):
 
-* keras-team/keras#20329: `fit` on dict inputs fails with `Attempt to convert a value
-  ({'token_ids': PerReplica...}) with an unsupported type (<class 'dict'>) to a Tensor`.
-  `TensorFlowTrainer._maybe_symbolic_build` averages the first batch across replicas with
-  `strategy.reduce(..., axis=None)` only to learn its shapes, and
-  `CollectiveAllReduceExtended._reduce_to` (unlike `MirroredExtended`) does not map over
+* keras-team/keras#20329: `fit` fails with `Attempt to convert a value ({'token_ids':
+  PerReplica...}) with an unsupported type (<class 'dict'>) to a Tensor` (any nested batch,
+  even an `(x, y)` tuple). `TensorFlowTrainer._maybe_symbolic_build` averages the first batch
+  across replicas with `strategy.reduce("MEAN", batch, axis=None)` only to learn its shapes,
+  and `CollectiveAllReduceExtended._reduce_to` (unlike `MirroredExtended`) does not map over
   nested structures. Patch: take the first local replica's batch (same shapes and dtypes,
   no cross-worker traffic, and no averaging of bool masks).
 * keras-team/keras#20585 (tensorflow/tensorflow#72388): `Invalid reduction dimension 0 for
@@ -97,9 +97,8 @@ def _multiworker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     """Whether `strategy` spans several worker processes (they must see data in one order)."""
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.extended._in_multi_worker_mode()
+    multi = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    return multi and strategy.extended._in_multi_worker_mode()
 
 
 def worker_out_dir(out_dir: str | Path, strategy: tf.distribute.Strategy) -> Path:
@@ -120,9 +119,9 @@ def local_predict(*models) -> Iterator[None]:
     """Inside the block, `predict` on `models` runs on this worker alone, on all its data.
 
     `predict` under MultiWorkerMirroredStrategy shards the data and gathers every batch across
-    workers; for the frozen-backbone feature cache (identical on every worker) that is ~5x
-    slower on CPU than computing everything locally. Outside any `strategy.scope()`, a model
-    whose strategy is unset falls back to the default strategy, which reads mirrored weights.
+    workers; for the frozen-backbone feature cache, which every worker needs in full, that was
+    2-3x slower on CPU than computing everything locally. Outside any `strategy.scope()`, a
+    model whose strategy is unset uses the default strategy, which reads mirrored weights.
     """
     saved = [m._distribute_strategy for m in models]
     for m in models:
@@ -164,9 +163,8 @@ def _scalar_safe_reduce_per_replica(values, strategy, reduction):
     (keras-team/keras#20585, tensorflow/tensorflow#72388).
     """
     original = _ORIGINALS["keras-team/keras#20585"]
-    if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
-        strategy
-    ):
+    multi_worker = tf_trainer._collective_all_reduce_multi_worker(strategy)
+    if reduction in ("auto", "mean") and multi_worker:
 
         def reduce(v):
             local = strategy.experimental_local_results(v)[0]
