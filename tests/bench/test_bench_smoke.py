@@ -12,16 +12,7 @@ import math
 import pytest
 
 from esr_tf.bench.run import TARGETS
-
-TINY = {
-    "text": "tiny",
-    "image": "tiny",
-    "image_size": 64,
-    "sequence_length": 24,
-    "hidden_dim": 32,
-    "intermediate_dim": 64,
-    "num_heads": 2,
-}
+from esr_tf.models.builder import TINY_MODEL as TINY
 
 
 @pytest.fixture(scope="module")
