@@ -66,7 +66,12 @@ def cmd_train(args) -> int:
     config = _config(args)
     result = train(config)
     report = evaluate_model(
-        result.model, result.catalogue, split="test", out_dir=result.out_dir, history=result.history
+        result.model,
+        result.catalogue,
+        split="test",
+        out_dir=result.out_dir,
+        history=result.history,
+        features=result.features.get("test"),
     )
     print(
         f"saved {result.model_path}; test macro-F1 {report['macro_f1']:.3f}, "

@@ -46,7 +46,12 @@ def run_demo(
     result = train(config, verbose=verbose)
     trained = time.perf_counter()
     report = evaluate_model(
-        result.model, result.catalogue, split="test", out_dir=out, history=result.history
+        result.model,
+        result.catalogue,
+        split="test",
+        out_dir=out,
+        history=result.history,
+        features=result.features.get("test"),
     )
     base = out / "serving_models"
     export_dir = export_saved_model(

@@ -33,7 +33,9 @@ def ablate(
             }
         )
         result = train(run, catalogue=catalogue, verbose=verbose)
-        report = evaluate_model(result.model, catalogue, split="test", out_dir=out / mode)
+        report = evaluate_model(
+            result.model, catalogue, split="test", out_dir=out / mode, features=result.features.get("test")
+        )
         rows.append(
             {"fusion": mode, "epochs": result.epochs_run, **{k: report[k] for k in COLUMNS}}
         )

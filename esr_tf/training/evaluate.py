@@ -1,7 +1,9 @@
 """Evaluation of a trained model on a catalogue split: metrics.json plus PNG plots.
 
 Predictions go through the full model and the shared tf.data pipeline (raw strings and image
-bytes in), i.e. the same graph that is exported.
+bytes in), i.e. the same graph that is exported; or, given the split's frozen-backbone outputs
+(`TrainResult.features`), through `model.head_model()` on them, which is the same computation
+without running the backbones again.
 
 Example:
 >>> report = evaluate_model(model, catalogue, split="test", out_dir="esr_out")  # doctest: +SKIP
@@ -16,6 +18,7 @@ import numpy as np
 
 from esr_tf.data import Catalogue
 from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.training.feature_cache import BackboneFeatures
 from esr_tf.training.metrics import evaluation_report, write_metrics_json
 from esr_tf.training.plots import plot_confusion_matrix, plot_prediction_grid, plot_training_curves
 
@@ -31,6 +34,14 @@ def predict_columns(
     return {"probabilities": np.asarray(out["probabilities"]), "score": np.asarray(out["score"])}
 
 
+def predict_features(model, features: BackboneFeatures, *, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """`probabilities` and `score` from cached backbone outputs, via `model.head_model()`."""
+    out = model.head_model().predict(
+        features.dataset(batch_size=batch_size, with_labels=False), verbose=0
+    )
+    return {"probabilities": np.asarray(out["probabilities"]), "score": np.asarray(out["score"])}
+
+
 def evaluate_model(
     model,
     catalogue: Catalogue,
@@ -39,12 +50,19 @@ def evaluate_model(
     out_dir: str | Path | None = None,
     history: dict[str, list[float]] | None = None,
     predictions: dict[str, np.ndarray] | None = None,
+    features: BackboneFeatures | None = None,
 ) -> dict:
-    """Scores `split`; with `out_dir`, writes `metrics.json` and plots there."""
+    """Scores `split`; with `out_dir`, writes `metrics.json` and plots there.
+
+    `features`: the split's `BackboneFeatures` (same example order), to skip the backbones.
+    """
     columns = catalogue.columns(split)
     if not len(columns["label"]):
         raise ValueError(f"the catalogue at {catalogue.root} has no '{split}' examples to evaluate")
-    predictions = predictions or predict_columns(model, columns)
+    if features is not None and len(features) != len(columns["label"]):
+        raise ValueError(f"features hold {len(features)} examples, the '{split}' split {len(columns['label'])}")
+    if predictions is None:
+        predictions = predict_features(model, features) if features is not None else predict_columns(model, columns)
     report = evaluation_report(
         columns["label"],
         predictions["probabilities"],

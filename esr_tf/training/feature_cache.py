@@ -53,6 +53,7 @@ class BackboneFeatures:
             tf.data.Dataset.from_tensor_slices((queries, titles))
             .batch(batch_size)
             .map(lambda q, t: pre.tokenize(q, t), num_parallel_calls=AUTOTUNE)
+            .cache()  # the ids are read again below: tokenize once
             .prefetch(AUTOTUNE)
         )
         text = model.text_encoder.predict(text_ds, verbose=verbose)
@@ -91,6 +92,42 @@ class BackboneFeatures:
             labels=labels,
         )
 
+    @classmethod
+    def compute_splits(
+        cls, model, catalogue, splits: tuple[str, ...] = ("train", "valid", "test"), **kwargs
+    ) -> dict[str, BackboneFeatures]:
+        """Features of several catalogue splits in one pass (splits without examples are left out).
+
+        Photos repeat across splits, so each distinct photo goes through the image backbone once,
+        and each backbone is traced once instead of once per split.
+        """
+        parts = {s: catalogue.columns(s) for s in splits}
+        parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
+        if not parts:
+            return {}
+        keys = [k for k in ("query", "title", "image", "label") if all(k in c for c in parts.values())]
+        joined = {k: np.concatenate([np.asarray(c[k]) for c in parts.values()]) for k in keys}
+        everything = cls.compute(model, joined, **kwargs)
+        out, start = {}, 0
+        for split, cols in parts.items():
+            stop = start + len(cols["query"])
+            out[split] = everything.take(slice(start, stop))
+            start = stop
+        return out
+
+    def take(self, rows) -> BackboneFeatures:
+        """The examples `rows` (a slice or index array); the photo table is shared, not copied."""
+        return BackboneFeatures(
+            sequence_output=self.sequence_output[rows],
+            text_mask=self.text_mask[rows],
+            token_ids=self.token_ids[rows],
+            segment_ids=self.segment_ids[rows],
+            image_index=self.image_index[rows],
+            has_image=self.has_image[rows],
+            feature_maps=self.feature_maps,
+            labels=None if self.labels is None else self.labels[rows],
+        )
+
     def __len__(self) -> int:
         return len(self.image_index)
 
@@ -127,6 +164,7 @@ class BackboneFeatures:
             ds = ds.repeat()
         table = tf.constant(self.feature_maps)
 
+        @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns about the closure
         def gather(x, *rest):
             x = dict(x)
             x["feature_map"] = tf.gather(table, x.pop("image_index"))

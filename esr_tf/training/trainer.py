@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -53,6 +53,9 @@ class TrainResult:
     out_dir: Path
     model_path: Path
     epochs_run: int
+    # Frozen-backbone outputs per split ("train", "valid", "test") when they were cached; pass
+    # `features["test"]` to `evaluate_model` to score without running the backbones again.
+    features: dict[str, BackboneFeatures] = field(default_factory=dict)
 
 
 def load_training_data(config: TrainConfig) -> Catalogue:
@@ -169,16 +172,13 @@ def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: i
             loss={"probabilities": loss},
             metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
         )
+    features: dict[str, BackboneFeatures] = {}
     if use_cache:
-        log.info(
-            "computing frozen backbone outputs once for %d + %d examples",
-            len(train_cols["label"]),
-            len(valid_cols["label"]),
-        )
+        log.info("computing frozen backbone outputs once for the train, valid and test examples")
         # distribute: every worker computes all features itself (no per-batch gathers).
         with local_predict(model.text_encoder, model.image_encoder):
-            train_feats = BackboneFeatures.compute(model, train_cols)
-            valid_feats = BackboneFeatures.compute(model, valid_cols)
+            features = BackboneFeatures.compute_splits(model, catalogue, ("train", "valid", "test"))
+        train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(
             batch_size=config.batch_size,
             shuffle=True,
@@ -239,7 +239,9 @@ def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: i
     tmp = out / "model.keras.partial.keras"
     model.save(tmp)
     tmp.replace(model_path)
-    return TrainResult(model, _full_history(out, history.history), catalogue, out, model_path, len(losses))
+    return TrainResult(
+        model, _full_history(out, history.history), catalogue, out, model_path, len(losses), features
+    )
 
 
 def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:

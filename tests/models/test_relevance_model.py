@@ -160,6 +160,37 @@ def test_head_model_matches_full_model(tiny_trained, tiny_catalogue):
     np.testing.assert_allclose(cached["probabilities"], full["probabilities"], atol=1e-5)
 
 
+def test_features_of_all_splits_in_one_pass_evaluate_like_the_full_graph(tiny_trained, tiny_catalogue):
+    """`compute_splits` (one pass, each photo once) == per-split features; evaluating on them ==
+    evaluating through raw inputs."""
+    from esr_tf.training.evaluate import evaluate_model
+    from esr_tf.training.feature_cache import BackboneFeatures
+
+    model = tiny_trained.model
+    assert set(tiny_trained.features) == {"train", "valid", "test"}  # kept by train()
+    joint = BackboneFeatures.compute_splits(model, tiny_catalogue)
+    alone = BackboneFeatures.compute(model, tiny_catalogue.columns("valid"))
+    part = joint["valid"]
+    np.testing.assert_allclose(part.sequence_output, alone.sequence_output, atol=1e-5)
+    np.testing.assert_array_equal(part.token_ids, alone.token_ids)
+    np.testing.assert_array_equal(part.labels, alone.labels)
+    shown = part.has_image > 0  # rows without a photo point at row 0, which differs
+    np.testing.assert_array_equal(part.has_image, alone.has_image)
+    np.testing.assert_allclose(
+        part.feature_maps[part.image_index[shown]], alone.feature_maps[alone.image_index[shown]], atol=1e-5
+    )
+    # Each distinct photo is encoded once across splits.
+    photos = {p for s in ("train", "valid", "test") for p in tiny_catalogue.columns(s)["image"] if p}
+    assert len(part.feature_maps) == len(photos)
+
+    raw = evaluate_model(model, tiny_catalogue, split="test")
+    fast = evaluate_model(model, tiny_catalogue, split="test", features=tiny_trained.features["test"])
+    for key in ("accuracy", "macro_f1", "ndcg@10", "mrr"):
+        assert fast[key] == pytest.approx(raw[key], abs=1e-6), key
+    with pytest.raises(ValueError, match="features hold"):
+        evaluate_model(model, tiny_catalogue, split="train", features=tiny_trained.features["test"])
+
+
 def test_frozen_backbones_and_batchnorm_inference_mode():
     import keras
 
