@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def check_ops(export_dir: str | Path) -> dict:
     }
 
 
-def _saved_model_cli(export_dir: Path) -> str:
+def _saved_model_cli(export_dir: Path) -> subprocess.Popen:
     # saved_model_cli cannot list concrete functions when custom ops exist; signatures suffice.
     cmd = [
         sys.executable,
@@ -67,12 +68,12 @@ def _saved_model_cli(export_dir: Path) -> str:
         "--signature_def",
         "serving_default",
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    return (
-        out.stdout.strip()
-        if out.returncode == 0
-        else f"saved_model_cli failed: {out.stderr.strip()[-500:]}"
-    )
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _saved_model_cli_text(proc: subprocess.Popen) -> str:
+    stdout, stderr = proc.communicate()
+    return stdout.strip() if proc.returncode == 0 else f"saved_model_cli failed: {stderr.strip()[-500:]}"
 
 
 def _cpp_check(export_dir: Path) -> dict:
@@ -104,21 +105,40 @@ def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
         raise FileNotFoundError(
             f"{export_dir} holds no saved_model.pb (pass <base>/<name>/<version>)"
         )
-    out = subprocess.run(
-        [sys.executable, str(_CHILD), str(export_dir)], capture_output=True, text=True
-    )
-    if out.returncode != 0:
-        report = {"load": {"ok": False, "error": out.stderr.strip()[-2000:]}}
-    else:
-        report = {"load": json.loads(out.stdout.strip().splitlines()[-1])}
-    report["ops"] = check_ops(export_dir)
-    report["ops"]["ok"] = not report["ops"]["unexpected"]
+    ops = list_ops(export_dir)
+    # The three checks load the export in separate processes: run them side by side.
+    with tempfile.TemporaryFile("w+") as op_list:
+        json.dump(sorted(ops), op_list)
+        op_list.seek(0)
+        child = subprocess.Popen(
+            [sys.executable, str(_CHILD), str(export_dir)],
+            stdin=op_list,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    cli = _saved_model_cli(export_dir)
+    report: dict = {}
     if cpp:
         try:
             report["cpp"] = _cpp_check(export_dir)
         except Exception as error:  # a failed build or run is a failed check, reported as such
             report["cpp"] = {"ok": False, "error": str(error)[-2000:]}
-    report["saved_model_cli"] = _saved_model_cli(export_dir)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        report["load"] = {"ok": False, "error": stderr.strip()[-2000:]}
+        not_stock = non_stock_ops(ops)
+    else:
+        report["load"] = json.loads(stdout.strip().splitlines()[-1])
+        not_stock = set(report["load"].pop("non_stock_ops"))
+    unexpected = sorted(not_stock - EXPECTED_TF_TEXT_OPS)
+    report["ops"] = {
+        "num_ops": len(ops),
+        "tf_text_ops": sorted(ops & EXPECTED_TF_TEXT_OPS),
+        "unexpected": unexpected,
+        "ok": not unexpected,
+    }
+    report["saved_model_cli"] = _saved_model_cli_text(cli)
     report["ok"] = all(
         part.get("ok", False) for key, part in report.items() if isinstance(part, dict)
     )

@@ -1,7 +1,9 @@
 """Runs in a fresh process that imports only tensorflow + tensorflow_text, as TF Serving would.
 
-Usage: python verify_child.py EXPORT_DIR. Prints one JSON report on stdout. Standalone on purpose:
-neither esr_tf nor keras_hub may be needed to load and run the export.
+Usage: python verify_child.py EXPORT_DIR < ops.json. Prints one JSON report on stdout. Standalone
+on purpose: neither esr_tf nor keras_hub may be needed to load and run the export. The op types
+given on stdin are first looked up with tensorflow alone (before TF-Text registers its ops), so
+one process answers both "which ops are not stock TF" and "does it load and run".
 """
 
 import json
@@ -9,14 +11,17 @@ import sys
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_text  # noqa: F401  (registers the TF-Text ops the graph uses)
+from tensorflow.python.framework import op_def_registry
 
 
-def main(export_dir: str) -> dict:
+def main(export_dir: str, ops: list[str]) -> dict:
+    not_stock = sorted(op for op in ops if op_def_registry.get(op) is None)
+    import tensorflow_text  # noqa: F401  (registers the TF-Text ops the graph uses)
+
     ref = np.load(f"{export_dir}/assets.extra/esr_tf_reference.npz", allow_pickle=True)
     loaded = tf.saved_model.load(export_dir)
     inputs = {k.split("/", 1)[1]: ref[k] for k in ref.files if k.startswith("input/")}
-    report = {"signatures": sorted(loaded.signatures.keys()), "checks": []}
+    report = {"signatures": sorted(loaded.signatures.keys()), "checks": [], "non_stock_ops": not_stock}
 
     def compare(signature: str, outputs: dict, expected_prefix: str) -> None:
         for name, value in outputs.items():
@@ -60,4 +65,4 @@ def main(export_dir: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    print(json.dumps(main(sys.argv[1], json.loads(sys.stdin.read() or "[]"))))
