@@ -29,7 +29,7 @@ from esr_tf.bench.timing import (
     text_inputs,
     time_calls,
 )
-from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.preprocessing.pipeline import make_dataset, raw_dataset
 from esr_tf.preprocessing.relevance_preprocessor import RAW_INPUTS
 from esr_tf.training.feature_cache import BackboneFeatures, targets
 from esr_tf.training.losses import RelevanceLoss
@@ -71,6 +71,15 @@ def _drain(ds: tf.data.Dataset) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
+def serial_pipeline(columns, preprocessor, *, batch_size: int) -> tf.data.Dataset:
+    """The keras.io multimodal-example style: read and preprocess one example per `map` call,
+    serially (no `num_parallel_calls`), no cache, then batch."""
+    with warnings.catch_warnings():  # raw_dataset passes `deterministic` to its serial map too
+        warnings.filterwarnings("ignore", message="The `deterministic` argument has no effect")
+        ds = raw_dataset(columns, num_parallel_calls=None, deterministic=True)
+    return ds.map(lambda x, y: (preprocessor(x), y)).batch(batch_size).prefetch(1)
+
+
 def measure_pipeline(
     preprocessor, columns, *, batch_size: int, serial_columns=None, uncached: bool = False
 ) -> dict:
@@ -78,16 +87,9 @@ def measure_pipeline(
     parallel = make_dataset(columns, preprocessor, batch_size=batch_size, cache=True)
     n, fill_s = _drain(parallel)  # the 1st pass reads the files into the cache
     n, par_s = _drain(parallel)
-    with warnings.catch_warnings():  # make_dataset passes `deterministic` to serial maps too
-        warnings.filterwarnings("ignore", message="The `deterministic` argument has no effect")
-        serial = make_dataset(
-            columns if serial_columns is None else serial_columns,
-            preprocessor,
-            batch_size=batch_size,
-            num_parallel_calls=None,
-            deterministic=True,
-            cache=False,
-        )
+    serial = serial_pipeline(
+        columns if serial_columns is None else serial_columns, preprocessor, batch_size=batch_size
+    )
     ns, ser_s = _drain(serial)
     out = {
         "examples": n,
