@@ -21,25 +21,44 @@ class ImagePatchTokens(keras.layers.Layer):
 
     The position embedding is factorised into a learned row and a learned column vector, so each
     patch knows where it is in the photo (a product's position and scale vary between photos).
+    The last `colour_channels` channels (e.g. `PatchColours`) get their own small MLP: named
+    colours are not linearly separable in RGB (orange lies between red and yellow), and three
+    channels would be drowned by the backbone's ~1000 in one shared projection. The tokens are
+    layer-normalised, like the text tokens they are compared with.
     """
 
-    def __init__(self, hidden_dim: int = 256, **kwargs) -> None:
+    def __init__(self, hidden_dim: int = 256, colour_channels: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
+        self.colour_channels = int(colour_channels)
         self.projection = keras.layers.Dense(self.hidden_dim, name="projection")
+        if self.colour_channels:
+            self.colour_hidden = keras.layers.Dense(64, activation="gelu", name="colour_hidden")
+            self.colour_projection = keras.layers.Dense(self.hidden_dim, name="colour_projection")
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
 
     def build(self, input_shape) -> None:
         _, height, width, channels = input_shape
         if height is None or width is None:
             raise ValueError("ImagePatchTokens needs a static feature-map height and width")
-        self.projection.build((None, channels))
+        if self.colour_channels:
+            self.colour_hidden.build((None, self.colour_channels))
+            self.colour_projection.build((None, 64))
+        self.projection.build((None, channels - self.colour_channels))
+        self.norm.build((None, self.hidden_dim))
         init = keras.initializers.TruncatedNormal(stddev=0.02)
         self.row_embedding = self.add_weight(name="row_embedding", shape=(height, 1, self.hidden_dim), initializer=init)
         self.col_embedding = self.add_weight(name="col_embedding", shape=(1, width, self.hidden_dim), initializer=init)
         self.built = True
 
     def call(self, feature_map):
-        x = self.projection(feature_map) + self.row_embedding + self.col_embedding
+        if self.colour_channels:
+            features = feature_map[..., : -self.colour_channels]
+            colours = feature_map[..., -self.colour_channels :]
+            x = self.projection(features) + self.colour_projection(self.colour_hidden(colours))
+        else:
+            x = self.projection(feature_map)
+        x = self.norm(x + self.row_embedding + self.col_embedding)
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0], shape[1] * shape[2], self.hidden_dim))
 
@@ -48,7 +67,7 @@ class ImagePatchTokens(keras.layers.Layer):
         return (input_shape[0], height * width, self.hidden_dim)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "hidden_dim": self.hidden_dim}
+        return {**super().get_config(), "hidden_dim": self.hidden_dim, "colour_channels": self.colour_channels}
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")

@@ -99,7 +99,7 @@ class RelevanceModel(keras_hub.models.Task):
         feature_map = keras.Input(feature_shape, name="feature_map")
         self.image_projector = keras.Model(
             feature_map,
-            fl.ImagePatchTokens(hidden_dim, name="patch_tokens")(feature_map),
+            fl.ImagePatchTokens(hidden_dim, colour_channels=colours.shape[-1], name="patch_tokens")(feature_map),
             name="image_projector",
         )
         self.fusion_head = _build_fusion_head(
@@ -115,6 +115,7 @@ class RelevanceModel(keras_hub.models.Task):
             modality_dropout=modality_dropout,
             label_set=label_set,
             special_token_ids=special_token_ids or _special_token_ids(preprocessor),
+            token_embedding=text_backbone.token_embedding,
         )
 
         # === Functional model ===
@@ -232,6 +233,7 @@ def _build_fusion_head(
     modality_dropout: float,
     label_set: LabelSet,
     special_token_ids: list[int],
+    token_embedding: keras.layers.Layer,
 ) -> keras.Model:
     """(BERT tokens, text mask, token/segment ids, image tokens, has_image) -> outputs."""
     seq = keras.Input((None, text_dim), name="sequence_output")
@@ -253,7 +255,10 @@ def _build_fusion_head(
     match = fl.CrossSegmentMatch(special_token_ids, name="cross_segment_match")(token_ids, segment_ids, text_mask)
     match = keras.layers.Reshape((-1, 1), name="match_feature")(match)
     match = keras.layers.Dense(hidden_dim, name="match_embedding")(match)
-    text = keras.layers.Add(name="text_with_match")([text, match])
+    # BERT's own (frozen) input embedding of each token: word identity that the contextual
+    # outputs of a sentence encoder blur ("red" and "blue" end up close together there).
+    identity = keras.layers.Dense(hidden_dim, name="token_identity")(token_embedding(token_ids))
+    text = keras.layers.Add(name="text_with_match")([text, match, identity])
     text = keras.layers.LayerNormalization(epsilon=1e-6, name="text_projection_norm")(text)
     text_cls = fl.FirstToken(name="cls_token")(text)
     text_mean = fl.MaskedMeanPool(name="text_mean")(text, text_mask)
