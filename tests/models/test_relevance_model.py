@@ -171,7 +171,9 @@ def test_features_of_all_splits_in_one_pass_evaluate_like_the_full_graph(tiny_tr
     joint = BackboneFeatures.compute_splits(model, tiny_catalogue)
     alone = BackboneFeatures.compute(model, tiny_catalogue.columns("valid"))
     part = joint["valid"]
-    np.testing.assert_allclose(part.sequence_output, alone.sequence_output, atol=1e-5)
+    real = part.text_mask[..., None] > 0  # padding outputs depend on the batch; nothing reads them
+    np.testing.assert_array_equal(part.text_mask, alone.text_mask)
+    np.testing.assert_allclose(part.sequence_output * real, alone.sequence_output * real, atol=1e-5)
     np.testing.assert_array_equal(part.token_ids, alone.token_ids)
     np.testing.assert_array_equal(part.labels, alone.labels)
     shown = part.has_image > 0  # rows without a photo point at row 0, which differs
