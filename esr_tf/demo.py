@@ -102,7 +102,7 @@ esr-tf demo finished in {summary["seconds_total"]:.0f} s (training {summary["sec
   export     {summary["export"]}  (verify: {"PASS" if summary["verify_ok"] else "FAIL"})
 
 Serve it with TF Serving (see export/README.md):
-  docker run -p 8501:8501 -v "{base.resolve()}:/models" -e MODEL_NAME=esr tensorflow/serving:2.20.0
+  docker run -p 8500:8500 -p 8501:8501 -v "{base.resolve()}:/models" -e MODEL_NAME=esr tensorflow/serving:2.20.0
 and send the ready-made request:
   curl -s -X POST localhost:8501/v1/models/esr:predict -d @{out / "request.json"}"""
     )
