@@ -44,14 +44,19 @@ def non_stock_ops(ops: set[str]) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def check_ops(export_dir: str | Path) -> dict:
-    ops = list_ops(export_dir)
-    unexpected = sorted(non_stock_ops(ops) - EXPECTED_TF_TEXT_OPS)
+def _ops_report(ops: set[str], not_stock: set[str]) -> dict:
+    unexpected = sorted(not_stock - EXPECTED_TF_TEXT_OPS)
     return {
         "num_ops": len(ops),
         "tf_text_ops": sorted(ops & EXPECTED_TF_TEXT_OPS),
         "unexpected": unexpected,
+        "ok": not unexpected,
     }
+
+
+def check_ops(export_dir: str | Path) -> dict:
+    ops = list_ops(export_dir)
+    return _ops_report(ops, non_stock_ops(ops))
 
 
 def _saved_model_cli(export_dir: Path) -> subprocess.Popen:
@@ -131,13 +136,7 @@ def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
     else:
         report["load"] = json.loads(stdout.strip().splitlines()[-1])
         not_stock = set(report["load"].pop("non_stock_ops"))
-    unexpected = sorted(not_stock - EXPECTED_TF_TEXT_OPS)
-    report["ops"] = {
-        "num_ops": len(ops),
-        "tf_text_ops": sorted(ops & EXPECTED_TF_TEXT_OPS),
-        "unexpected": unexpected,
-        "ok": not unexpected,
-    }
+    report["ops"] = _ops_report(ops, not_stock)
     report["saved_model_cli"] = _saved_model_cli_text(cli)
     report["ok"] = all(
         part.get("ok", False) for key, part in report.items() if isinstance(part, dict)

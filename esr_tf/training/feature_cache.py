@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import tensorflow as tf
@@ -141,15 +141,10 @@ class BackboneFeatures:
 
     def take(self, rows) -> BackboneFeatures:
         """The examples `rows` (a slice or index array); the photo table is shared, not copied."""
+        per_example = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "feature_maps"}
         return BackboneFeatures(
-            sequence_output=self.sequence_output[rows],
-            text_mask=self.text_mask[rows],
-            token_ids=self.token_ids[rows],
-            segment_ids=self.segment_ids[rows],
-            image_index=self.image_index[rows],
-            has_image=self.has_image[rows],
             feature_maps=self.feature_maps,
-            labels=None if self.labels is None else self.labels[rows],
+            **{k: None if v is None else v[rows] for k, v in per_example.items()},
         )
 
     def __len__(self) -> int:
