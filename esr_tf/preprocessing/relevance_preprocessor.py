@@ -105,15 +105,29 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
             "padding_mask": tf.cast(token_ids != self.tokenizer.pad_token_id, tf.int32),
         }
 
-    def _preprocess(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def preprocess_text(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """First stage (graph mode): tokenizes `query` + `title`, passes `image` bytes through.
+
+        Split from `preprocess_images` so that `tf.data` can cache the small, deterministic
+        token ids and decode only images in later epochs; `_preprocess` runs both.
+        """
         missing = [k for k in RAW_INPUTS if k not in x]
         if missing:
             raise KeyError(f"RelevancePreprocessor: raw inputs need keys {RAW_INPUTS}; missing {missing}")
         query = tf.convert_to_tensor(x["query"], tf.string)
         title = tf.convert_to_tensor(x["title"], tf.string)
         features = self.tokenize(query, title)
-        features["images"], features["has_image"] = self.image_decoder(tf.convert_to_tensor(x["image"], tf.string))
+        features["image"] = tf.convert_to_tensor(x["image"], tf.string)
         return features
+
+    def preprocess_images(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """Second stage (graph mode): replaces `image` bytes by `images` and `has_image`."""
+        features = {k: v for k, v in x.items() if k != "image"}
+        features["images"], features["has_image"] = self.image_decoder(x["image"])
+        return features
+
+    def _preprocess(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return self.preprocess_images(self.preprocess_text(x))
 
     def call(self, x, y=None, sample_weight=None):
         if not isinstance(x, dict):

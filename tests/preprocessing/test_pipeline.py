@@ -84,17 +84,30 @@ def test_waterfall_truncation_trims_the_title_first(preprocessor):
     assert mask.sum() == 24 and (seg == 0).sum() >= 4  # [CLS] red shoe [SEP] survives whole
 
 
-def test_tf_data_path_equals_standalone_call(preprocessor, tiny_catalogue):
+@pytest.mark.parametrize("cache", [False, True], ids=["uncached", "tokens-cached"])
+def test_tf_data_path_equals_standalone_call(preprocessor, tiny_catalogue, cache):
     from esr_tf.preprocessing.pipeline import make_dataset
 
     cols = {k: v[:10] for k, v in tiny_catalogue.columns("train").items()}
-    ds = make_dataset(cols, preprocessor, batch_size=10, deterministic=True)
-    batch, labels = next(iter(ds))
+    ds = make_dataset(cols, preprocessor, batch_size=10, deterministic=True, cache=cache)
     images = [open(p, "rb").read() if p else b"" for p in cols["image"]]
     direct = preprocessor({"query": cols["query"], "title": cols["title"], "image": np.array(images, dtype=object)})
-    for key in direct:
-        np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(direct[key]), err_msg=key)
-    np.testing.assert_array_equal(labels.numpy(), cols["label"])
+    for _ in range(2):  # with a cache, the 2nd pass reads cached token ids and image bytes
+        batch, labels = next(iter(ds))
+        assert list(batch) == list(direct)
+        for key in direct:
+            np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(direct[key]), err_msg=key)
+        np.testing.assert_array_equal(labels.numpy(), cols["label"])
+
+
+def test_resize_shortcuts_match_the_full_resize():
+    decoder = ImageDecoder(image_size=48, value_range=(0.0, 255.0))
+    rng = np.random.default_rng(1)
+    for shape, atol in [((48, 48), 0.0), ((30, 40), 1e-3), ((90, 60), 0.0)]:  # same, enlarge, shrink
+        pixels = (rng.random((*shape, 3)) * 255).astype(np.uint8)
+        image, _ = decoder(tf.io.encode_png(pixels))
+        full = tf.image.resize_with_pad(tf.cast(pixels, tf.float32), 48, 48, antialias=True)
+        np.testing.assert_allclose(image.numpy(), full.numpy(), atol=atol, rtol=0, err_msg=str(shape))
 
 
 def test_tfrecord_shards_round_trip(preprocessor, tiny_catalogue, tmp_path):
