@@ -20,10 +20,14 @@ COLUMNS = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
 def ablate(
     config: TrainConfig, modes: tuple[str, ...] = ABLATION_MODES, *, verbose: int = 0
 ) -> list[dict]:
-    """Trains and evaluates each mode on `config`'s data; writes ablation.json / ablation.md."""
+    """Trains and evaluates each mode on `config`'s data; writes ablation.json / ablation.md.
+
+    The modes share one pass of the frozen backbones (same weights: only the head differs).
+    """
     out = Path(config.out_dir)
     catalogue = load_training_data(config)
     rows = []
+    shared: dict = {}  # frozen-backbone outputs, computed by the first mode that reads photos
     for mode in modes:
         run = TrainConfig(
             **{
@@ -32,7 +36,9 @@ def ablate(
                 "model": config.model.replace(fusion=mode),
             }
         )
-        result = train(run, catalogue=catalogue, verbose=verbose)
+        result = train(run, catalogue=catalogue, features=shared or None, verbose=verbose)
+        if result.features and not (shared and all(f.photos for f in shared.values())):
+            shared = result.features  # text_only's have no photo features; the next mode's do
         report = evaluate_model(
             result.model, catalogue, split="test", out_dir=out / mode, features=result.features.get("test")
         )

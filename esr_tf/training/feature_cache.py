@@ -13,8 +13,9 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +28,19 @@ def targets(labels, gains) -> dict:
     if isinstance(labels, np.ndarray):
         return {"probabilities": labels, "score": np.asarray(gains, np.float32)[labels]}
     return {"probabilities": labels, "score": tf.gather(tf.constant(gains, tf.float32), labels)}
+
+
+def backbone_fingerprint(model) -> str:
+    """Digest of the frozen text and image encoders' weights that features come from.
+
+    Features are only valid for a head whose model has exactly these backbones (for example
+    across `esr-tf ablate` modes with pretrained weights, not across two random inits).
+    """
+    digest = hashlib.sha1()
+    for encoder in (model.text_encoder, model.image_encoder):
+        for weight in encoder.weights:
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _encode_text(text_encoder, ids: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
@@ -68,6 +82,8 @@ class BackboneFeatures:
     has_image: np.ndarray  # [N] float32
     feature_maps: np.ndarray  # [U, h, w, C] float32
     labels: np.ndarray | None = None  # [N] int32
+    source: str = ""  # `backbone_fingerprint` of the model that computed them
+    photos: bool = True  # False: text_only features, `feature_maps` is one zero row
 
     @classmethod
     def compute(
@@ -106,6 +122,8 @@ class BackboneFeatures:
             image_index = np.zeros_like(image_index)
         labels = np.asarray(columns["label"], np.int32) if "label" in columns else None
         return cls(
+            source=backbone_fingerprint(model),
+            photos=model.fusion != "text_only",
             sequence_output=np.asarray(text["sequence_output"], np.float32),
             text_mask=np.asarray(text["text_mask"], np.int32),
             token_ids=ids["token_ids"],
@@ -118,14 +136,21 @@ class BackboneFeatures:
 
     @classmethod
     def compute_splits(
-        cls, model, catalogue, splits: tuple[str, ...] = ("train", "valid", "test"), **kwargs
+        cls,
+        model,
+        catalogue,
+        splits: tuple[str, ...] = ("train", "valid", "test"),
+        *,
+        columns: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+        **kwargs,
     ) -> dict[str, BackboneFeatures]:
         """Features of several catalogue splits in one pass (splits without examples are left out).
 
         Photos repeat across splits, so each distinct photo goes through the image backbone once,
-        and each backbone is traced once instead of once per split.
+        and each backbone is traced once instead of once per split. `columns` replaces the
+        catalogue's columns of some splits (e.g. an augmented training split).
         """
-        parts = {s: catalogue.columns(s) for s in splits}
+        parts = {s: columns[s] if columns and s in columns else catalogue.columns(s) for s in splits}
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         if not parts:
             return {}
@@ -141,11 +166,16 @@ class BackboneFeatures:
 
     def take(self, rows) -> BackboneFeatures:
         """The examples `rows` (a slice or index array); the photo table is shared, not copied."""
-        per_example = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "feature_maps"}
-        return BackboneFeatures(
-            feature_maps=self.feature_maps,
-            **{k: None if v is None else v[rows] for k, v in per_example.items()},
-        )
+        per_example = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("feature_maps", "source", "photos")
+        }
+        return replace(self, **{k: None if v is None else v[rows] for k, v in per_example.items()})
+
+    def usable_by(self, model) -> bool:
+        """Whether `model`'s head may train on these features (same backbones, photos if needed)."""
+        return self.source == backbone_fingerprint(model) and (self.photos or model.fusion == "text_only")
 
     def __len__(self) -> int:
         return len(self.image_index)

@@ -104,9 +104,38 @@ def test_ablate_produces_all_four_rows(tiny_catalogue, tmp_path, monkeypatch):
     import esr_tf.training.ablate as module
 
     monkeypatch.setattr(module, "load_training_data", lambda config: tiny_catalogue)  # reuse the session's shop
+    from esr_tf.training.feature_cache import BackboneFeatures
+
+    passes = []
+    compute_splits = BackboneFeatures.compute_splits.__func__
+    monkeypatch.setattr(
+        BackboneFeatures,
+        "compute_splits",
+        classmethod(lambda cls, model, *a, **k: passes.append(model.fusion) or compute_splits(cls, model, *a, **k)),
+    )
     rows = ablate(cfg)
+    # text_only encodes no photos; image_only's pass serves concat and cross_attention too.
+    assert passes == ["text_only", "image_only"]
     assert [r["fusion"] for r in rows] == list(ABLATION_MODES)
     assert all(0.0 <= r["macro_f1"] <= 1.0 for r in rows)
     table = (tmp_path / "ablation.md").read_text()
     assert all(mode in table for mode in ABLATION_MODES)
     assert len(json.loads((tmp_path / "ablation.json").read_text())) == 4
+
+
+def test_cached_features_are_refused_by_other_backbones(tiny_trained, tiny_config):
+    import dataclasses
+
+    import keras
+
+    from esr_tf.models.builder import build_relevance_model
+
+    feats = tiny_trained.features["train"]
+    assert feats.photos and feats.usable_by(tiny_trained.model)
+    part = feats.take(slice(0, 2))
+    assert len(part) == 2 and part.source == feats.source and part.photos
+    keras.utils.set_random_seed(tiny_config.seed + 1)
+    other = build_relevance_model(tiny_config.model)  # random init: other backbone weights
+    assert not feats.usable_by(other)
+    # text_only features have no photo table: they serve text_only heads only.
+    assert not dataclasses.replace(feats, photos=False).usable_by(tiny_trained.model)
