@@ -48,6 +48,9 @@ class TrainConfig:
         focal_gamma: focusing parameter of the focal loss.
         label_smoothing: for either loss.
         class_weights: `"none"` or `"balanced"` (inverse label frequency).
+        hide_colour_rate: share of training examples (with a photo and a `color` written in
+            the title) copied once more with the colour removed from the title, so that the
+            fusion learns to read colour from the photo (`training.augment`; not for text_only).
         cache_features: with both backbones frozen, compute their outputs once and train the
             fusion head on them (about 10x faster on CPU; identical model).
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
@@ -71,6 +74,7 @@ class TrainConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.0
     class_weights: str = "balanced"
+    hide_colour_rate: float = 0.5
     cache_features: bool = True
     early_stopping_patience: int = 4
     mixed_precision: str = "auto"
@@ -91,6 +95,8 @@ class TrainConfig:
                 )
         if not float(self.learning_rate) > 0:
             raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate!r}")
+        if not 0.0 <= float(self.hide_colour_rate) <= 1.0:
+            raise ConfigError(f"hide_colour_rate: must be in [0, 1], got {self.hide_colour_rate!r}")
         if not 0.0 <= float(self.warmup_fraction) < 1.0:
             raise ConfigError(f"warmup_fraction: must be in [0, 1), got {self.warmup_fraction!r}")
 

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import tensorflow as tf
 from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
 from esr_tf.models.builder import build_relevance_model
 from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.training.augment import hide_colour_words
 from esr_tf.training.config import TrainConfig
 from esr_tf.training.distribute import (
     is_multi_worker,
@@ -132,14 +134,37 @@ def _callbacks(config: TrainConfig, out: Path, guard: NaNGuard) -> list[keras.ca
     return callbacks
 
 
+def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping]) -> bool:
+    """Reusable only from the same backbones and for the same examples of every split."""
+    for split, columns in parts.items():
+        expected = len(columns["label"])
+        if split not in features and expected == 0:
+            continue
+        feats = features.get(split)
+        if feats is None or len(feats) != expected or not feats.usable_by(model):
+            log.warning("backbone outputs passed to train() do not fit this model; recomputing")
+            return False
+    return True
+
+
 def _set_precision(config: TrainConfig) -> None:
     gpu = bool(tf.config.list_physical_devices("GPU"))
     use = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
     keras.mixed_precision.set_global_policy("mixed_float16" if use else "float32")
 
 
-def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: int = 1) -> TrainResult:
-    """Trains per `config`; returns the trained model (best `val_loss` weights) and its history."""
+def train(
+    config: TrainConfig,
+    *,
+    catalogue: Catalogue | None = None,
+    features: Mapping[str, BackboneFeatures] | None = None,
+    verbose: int = 1,
+) -> TrainResult:
+    """Trains per `config`; returns the trained model (best `val_loss` weights) and its history.
+
+    `features`: frozen-backbone outputs of `catalogue` from an earlier run (its
+    `TrainResult.features`), reused when they come from the same backbone weights.
+    """
     strategy = make_strategy(config.strategy)  # before any other TF op, for multi-worker
     # distribute: non-chief workers write their (identical) files to a folder of their own.
     config = replace(config, out_dir=str(worker_out_dir(config.out_dir, strategy)))
@@ -160,6 +185,9 @@ def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: i
     with strategy.scope():
         model = build_relevance_model(config.model)
         train_cols, valid_cols = catalogue.columns("train"), catalogue.columns("valid")
+        if config.hide_colour_rate > 0 and model.fusion != "text_only":
+            train_cols = hide_colour_words(train_cols, rate=config.hide_colour_rate, seed=config.seed)
+        parts = {"train": train_cols, "valid": valid_cols, "test": catalogue.columns("test")}
         num_labels = model.label_set.num_labels
         gains = tuple(model.label_set.gains)
         weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)
@@ -172,12 +200,16 @@ def train(config: TrainConfig, *, catalogue: Catalogue | None = None, verbose: i
             loss={"probabilities": loss},
             metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
         )
-    features: dict[str, BackboneFeatures] = {}
-    if use_cache:
+    reuse = use_cache and bool(features) and _features_fit(features, model, parts)
+    features = dict(features) if reuse else {}
+    if reuse:
+        log.info("reusing the frozen backbone outputs passed in (same backbone weights)")
+    elif use_cache:
         log.info("computing frozen backbone outputs once for the train, valid and test examples")
         # distribute: every worker computes all features itself (no per-batch gathers).
         with local_predict(model.text_encoder, model.image_encoder):
-            features = BackboneFeatures.compute_splits(model, catalogue, ("train", "valid", "test"))
+            features = BackboneFeatures.compute_splits(model, catalogue, tuple(parts), columns=parts)
+    if use_cache:
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(
             batch_size=config.batch_size,
