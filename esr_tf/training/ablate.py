@@ -22,12 +22,13 @@ def ablate(
 ) -> list[dict]:
     """Trains and evaluates each mode on `config`'s data; writes ablation.json / ablation.md.
 
-    The modes share one pass of the frozen backbones (same weights: only the head differs).
+    Modes with the same encoders share one pass of the frozen backbones (`concat` and
+    `cross_attention`; `text_only` reads no photo, `image_only`'s BERT sees only the query).
     """
     out = Path(config.out_dir)
     catalogue = load_training_data(config)
     rows = []
-    shared: dict = {}  # frozen-backbone outputs, computed by the first mode that reads photos
+    shared: dict = {}  # the latest frozen-backbone outputs with photos, for the next mode
     for mode in modes:
         run = TrainConfig(
             **{
@@ -37,8 +38,8 @@ def ablate(
             }
         )
         result = train(run, catalogue=catalogue, features=shared or None, verbose=verbose)
-        if result.features and not (shared and all(f.photos for f in shared.values())):
-            shared = result.features  # text_only's have no photo features; the next mode's do
+        if mode != "text_only":  # text_only's leave the photos out
+            shared = result.features
         report = evaluate_model(
             result.model, catalogue, split="test", out_dir=out / mode, features=result.features.get("test")
         )

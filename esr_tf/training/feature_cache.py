@@ -31,13 +31,15 @@ def targets(labels, gains) -> dict:
 
 
 def backbone_fingerprint(model) -> str:
-    """Digest of the frozen text and image encoders' weights that features come from.
+    """Digest of the text and image encoders (layer types and weights) that features come from.
 
-    Features are only valid for a head whose model has exactly these backbones (for example
-    across `esr-tf ablate` modes with pretrained weights, not across two random inits).
+    Features are only valid for a head whose model has exactly these encoders: e.g. across
+    `esr-tf ablate` modes with pretrained weights, but not from `image_only` (its BERT sees the
+    query only) to `cross_attention`, nor across two random inits.
     """
     digest = hashlib.sha1()
     for encoder in (model.text_encoder, model.image_encoder):
+        digest.update(" ".join(type(layer).__name__ for layer in encoder.layers).encode())
         for weight in encoder.weights:
             digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()

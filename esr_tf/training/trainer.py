@@ -142,7 +142,7 @@ def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mappin
             continue
         feats = features.get(split)
         if feats is None or len(feats) != expected or not feats.usable_by(model):
-            log.warning("backbone outputs passed to train() do not fit this model; recomputing")
+            log.info("the backbone outputs passed in come from other encoders; computing them")
             return False
     return True
 

@@ -114,8 +114,9 @@ def test_ablate_produces_all_four_rows(tiny_catalogue, tmp_path, monkeypatch):
         classmethod(lambda cls, model, *a, **k: passes.append(model.fusion) or compute_splits(cls, model, *a, **k)),
     )
     rows = ablate(cfg)
-    # text_only encodes no photos; image_only's pass serves concat and cross_attention too.
-    assert passes == ["text_only", "image_only"]
+    # Own encoders: text_only (no photos), image_only (BERT sees the query only); concat's
+    # pass serves cross_attention.
+    assert passes == ["text_only", "image_only", "concat"]
     assert [r["fusion"] for r in rows] == list(ABLATION_MODES)
     assert all(0.0 <= r["macro_f1"] <= 1.0 for r in rows)
     table = (tmp_path / "ablation.md").read_text()
@@ -137,5 +138,8 @@ def test_cached_features_are_refused_by_other_backbones(tiny_trained, tiny_confi
     keras.utils.set_random_seed(tiny_config.seed + 1)
     other = build_relevance_model(tiny_config.model)  # random init: other backbone weights
     assert not feats.usable_by(other)
+    keras.utils.set_random_seed(tiny_config.seed)  # other encoder: BERT sees the query only
+    image_only = build_relevance_model(tiny_config.model.replace(fusion="image_only"))
+    assert not feats.usable_by(image_only)
     # text_only features have no photo table: they serve text_only heads only.
     assert not dataclasses.replace(feats, photos=False).usable_by(tiny_trained.model)
