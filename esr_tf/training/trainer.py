@@ -141,8 +141,9 @@ def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mappin
         if split not in features and expected == 0:
             continue
         feats = features.get(split)
-        if feats is None or len(feats) != expected or not feats.usable_by(model):
-            log.info("the backbone outputs passed in come from other encoders; computing them")
+        same_rows = feats is not None and len(feats) == expected and np.array_equal(feats.labels, columns["label"])
+        if not (same_rows and feats.usable_by(model)):
+            log.info("the backbone outputs passed in are for other encoders or examples; computing them")
             return False
     return True
 
@@ -163,7 +164,8 @@ def train(
     """Trains per `config`; returns the trained model (best `val_loss` weights) and its history.
 
     `features`: frozen-backbone outputs of `catalogue` from an earlier run (its
-    `TrainResult.features`), reused when they come from the same backbone weights.
+    `TrainResult.features`), reused when they come from the same encoders (weights and
+    layers) and hold the same examples of every split.
     """
     strategy = make_strategy(config.strategy)  # before any other TF op, for multi-worker
     # distribute: non-chief workers write their (identical) files to a folder of their own.
@@ -203,7 +205,7 @@ def train(
     reuse = use_cache and bool(features) and _features_fit(features, model, parts)
     features = dict(features) if reuse else {}
     if reuse:
-        log.info("reusing the frozen backbone outputs passed in (same backbone weights)")
+        log.info("reusing the frozen backbone outputs passed in (same encoders and examples)")
     elif use_cache:
         log.info("computing frozen backbone outputs once for the train, valid and test examples")
         # distribute: every worker computes all features itself (no per-batch gathers).

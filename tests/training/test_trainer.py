@@ -143,3 +143,13 @@ def test_cached_features_are_refused_by_other_backbones(tiny_trained, tiny_confi
     assert not feats.usable_by(image_only)
     # text_only features have no photo table: they serve text_only heads only.
     assert not dataclasses.replace(feats, photos=False).usable_by(tiny_trained.model)
+
+
+def test_cached_features_must_hold_the_same_examples(tiny_trained):
+    from esr_tf.training.trainer import _features_fit
+
+    features = tiny_trained.features
+    parts = {s: {"label": f.labels} for s, f in features.items()}
+    assert _features_fit(features, tiny_trained.model, parts)
+    shifted = {**parts, "valid": {"label": np.roll(parts["valid"]["label"], 1)}}
+    assert not _features_fit(features, tiny_trained.model, shifted)
