@@ -138,21 +138,20 @@ class BackboneFeatures:
 
     @classmethod
     def compute_splits(
-        cls,
-        model,
-        catalogue,
-        splits: tuple[str, ...] = ("train", "valid", "test"),
-        *,
-        columns: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-        **kwargs,
+        cls, model, catalogue, splits: tuple[str, ...] = ("train", "valid", "test"), **kwargs
     ) -> dict[str, BackboneFeatures]:
-        """Features of several catalogue splits in one pass (splits without examples are left out).
+        """Features of several catalogue splits in one pass (see `compute_parts`)."""
+        return cls.compute_parts(model, {s: catalogue.columns(s) for s in splits}, **kwargs)
+
+    @classmethod
+    def compute_parts(
+        cls, model, parts: Mapping[str, Mapping[str, np.ndarray]], **kwargs
+    ) -> dict[str, BackboneFeatures]:
+        """Features of several named column sets in one pass (empty ones are left out).
 
         Photos repeat across splits, so each distinct photo goes through the image backbone once,
-        and each backbone is traced once instead of once per split. `columns` replaces the
-        catalogue's columns of some splits (e.g. an augmented training split).
+        and each backbone is traced once instead of once per split.
         """
-        parts = {s: columns[s] if columns and s in columns else catalogue.columns(s) for s in splits}
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         if not parts:
             return {}
@@ -175,9 +174,13 @@ class BackboneFeatures:
         }
         return replace(self, **{k: None if v is None else v[rows] for k, v in per_example.items()})
 
-    def usable_by(self, model) -> bool:
-        """Whether `model`'s head may train on these features (same backbones, photos if needed)."""
-        return self.source == backbone_fingerprint(model) and (self.photos or model.fusion == "text_only")
+    def usable_by(self, model, fingerprint: str | None = None) -> bool:
+        """Whether `model`'s head may train on these features (same encoders, photos if needed).
+
+        `fingerprint`: `backbone_fingerprint(model)` if already known (it hashes every weight).
+        """
+        fingerprint = fingerprint or backbone_fingerprint(model)
+        return self.source == fingerprint and (self.photos or model.fusion == "text_only")
 
     def __len__(self) -> int:
         return len(self.image_index)

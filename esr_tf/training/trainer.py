@@ -37,7 +37,7 @@ from esr_tf.training.distribute import (
     make_strategy,
     worker_out_dir,
 )
-from esr_tf.training.feature_cache import BackboneFeatures, targets
+from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint, targets
 from esr_tf.training.losses import RelevanceLoss
 
 log = logging.getLogger("esr_tf.training")
@@ -136,13 +136,14 @@ def _callbacks(config: TrainConfig, out: Path, guard: NaNGuard) -> list[keras.ca
 
 def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping]) -> bool:
     """Reusable only from the same backbones and for the same examples of every split."""
+    fingerprint = backbone_fingerprint(model)
     for split, columns in parts.items():
         expected = len(columns["label"])
         if split not in features and expected == 0:
             continue
         feats = features.get(split)
         same_rows = feats is not None and len(feats) == expected and np.array_equal(feats.labels, columns["label"])
-        if not (same_rows and feats.usable_by(model)):
+        if not (same_rows and feats.usable_by(model, fingerprint)):
             log.info("the backbone outputs passed in are for other encoders or examples; computing them")
             return False
     return True
@@ -210,7 +211,7 @@ def train(
         log.info("computing frozen backbone outputs once for the train, valid and test examples")
         # distribute: every worker computes all features itself (no per-batch gathers).
         with local_predict(model.text_encoder, model.image_encoder):
-            features = BackboneFeatures.compute_splits(model, catalogue, tuple(parts), columns=parts)
+            features = BackboneFeatures.compute_parts(model, parts)
     if use_cache:
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(

@@ -107,11 +107,11 @@ def test_ablate_produces_all_four_rows(tiny_catalogue, tmp_path, monkeypatch):
     from esr_tf.training.feature_cache import BackboneFeatures
 
     passes = []
-    compute_splits = BackboneFeatures.compute_splits.__func__
+    compute_parts = BackboneFeatures.compute_parts.__func__
     monkeypatch.setattr(
         BackboneFeatures,
-        "compute_splits",
-        classmethod(lambda cls, model, *a, **k: passes.append(model.fusion) or compute_splits(cls, model, *a, **k)),
+        "compute_parts",
+        classmethod(lambda cls, model, *a, **k: passes.append(model.fusion) or compute_parts(cls, model, *a, **k)),
     )
     rows = ablate(cfg)
     # Own encoders: text_only (no photos), image_only (BERT sees the query only); concat's
