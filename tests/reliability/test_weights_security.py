@@ -235,12 +235,8 @@ def test_malformed_records_are_refused(tmp_path, case):
         load_lite0_state_dict(path, expected_sha256=None)
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError, reason="BUG (hardening, only with "
-                   "expected_sha256=None): lite0_weights._read_legacy_torch_file calls "
-                   "f.read(numel * itemsize) with the numel the file declares before comparing "
-                   "it with the file size, so a 2**60-element storage raises MemoryError (a huge "
-                   "but satisfiable one allocates it) instead of the documented ValueError")
 def test_storage_larger_than_the_file_is_a_value_error(tmp_path):
+    # The declared size is compared with the bytes left before anything is read (was MemoryError).
     path = tmp_path / "huge.pth"
     state = state_pickle(("w", _tensor("0", 2**60, (3,), (1,))))
     path.write_bytes(legacy_file(state, storages=struct.pack("<q", 2**60) + b"\0" * 12))

@@ -166,6 +166,7 @@ def _sha256(path: Path) -> str:
 def _read_legacy_torch_file(path: Path) -> dict[str, np.ndarray]:
     """Parses torch's legacy format: magic, version, sys_info, state dict, keys, storages."""
     source = str(path)
+    size = path.stat().st_size
     with open(path, "rb") as f:
 
         def load():
@@ -191,8 +192,11 @@ def _read_legacy_torch_file(path: Path) -> dict[str, np.ndarray]:
                 raise ValueError(f"{source}: storage '{key}' is missing or truncated")
             (numel,) = struct.unpack("<q", header)
             nbytes = numel * storage.dtype.itemsize
+            # Checked before reading: a crafted numel must not decide how much memory is taken.
+            if numel != storage.numel or not 0 <= nbytes <= size - f.tell():
+                raise ValueError(f"{source}: storage '{key}' has a wrong size")
             data = f.read(nbytes)
-            if numel != storage.numel or len(data) != nbytes:
+            if len(data) != nbytes:
                 raise ValueError(f"{source}: storage '{key}' has a wrong size")
             storage.data = np.frombuffer(data, dtype=storage.dtype)
         if f.read(1):
