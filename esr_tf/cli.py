@@ -86,7 +86,9 @@ def cmd_evaluate(args) -> int:
     from esr_tf.training.evaluate import evaluate_model
 
     model = load_model(args.model)
-    catalogue = load_catalogue(args.data, missing_images=args.missing_images)
+    catalogue = load_catalogue(
+        args.data, missing_images=args.missing_images, label_set=model.label_set
+    )
     report = evaluate_model(model, catalogue, split=args.split, out_dir=args.out)
     keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
     print(json.dumps({k: report[k] for k in keys}, indent=2))

@@ -8,12 +8,18 @@ Example:
 >>> from esr_tf.labels import ESCI
 >>> ESCI.parse("Exact"), ESCI.parse("s"), ESCI.names[2]
 (0, 1, 'complement')
+>>> reordered = LabelSet(("irrelevant", "complement", "substitute", "exact"),
+...                      ("I", "C", "S", "E"), (0.0, 0.01, 0.1, 1.0))
+>>> ESCI.index_map(reordered).tolist()   # ESCI index -> index in `reordered`, by name
+[3, 2, 1, 0]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -31,8 +37,11 @@ class LabelSet:
             raise ValueError("LabelSet: names, codes and gains must have the same length")
         lookup: dict[str, int] = {}
         for i, (name, code) in enumerate(zip(self.names, self.codes, strict=True)):
-            lookup[name.lower()] = i
-            lookup[code.lower()] = i
+            for key in {str(name).strip().lower(), str(code).strip().lower()}:
+                # A spelling naming two labels would make parsing depend on the order.
+                if not key or lookup.setdefault(key, i) != i:
+                    raise ValueError(f"LabelSet: label {key!r} is empty or names two labels "
+                                     f"({', '.join(self.names)} / {', '.join(self.codes)})")
         object.__setattr__(self, "_lookup", lookup)
 
     @property
@@ -47,11 +56,38 @@ class LabelSet:
             raise ValueError(f"unknown label {value!r} (expected {allowed}, any case)")
         return self._lookup[key]
 
+    def describe(self) -> str:
+        """`"exact (E), substitute (S), ..."`: the labels for messages."""
+        return ", ".join(f"{n} ({c})" for n, c in zip(self.names, self.codes, strict=True))
+
+    def index_map(self, target: LabelSet, used: Iterable[int] | None = None) -> np.ndarray:
+        """For each label index of `self`, the index of the same label (by name, else by
+        code) in `target`; -1 where `target` lacks it.
+
+        `used`: the indices that must map (e.g. the labels present in a catalogue); raises
+        `ValueError` naming those that `target` lacks.
+        """
+        mapping = np.full(self.num_labels, -1, np.int32)
+        for i, (name, code) in enumerate(zip(self.names, self.codes, strict=True)):
+            for key in (name, code):
+                if str(key).strip().lower() in target._lookup:
+                    mapping[i] = target._lookup[str(key).strip().lower()]
+                    break
+        missing = sorted({int(i) for i in (used if used is not None else []) if mapping[i] < 0})
+        if missing:
+            lacking = ", ".join(f"{self.names[i]} ({self.codes[i]})" for i in missing)
+            raise ValueError(f"label(s) {lacking} are not in the model's label set "
+                             f"[{target.describe()}]")
+        return mapping
+
     def get_config(self) -> dict:
         return {"names": list(self.names), "codes": list(self.codes), "gains": list(self.gains)}
 
     @classmethod
     def from_config(cls, config: dict) -> LabelSet:
+        missing = [k for k in ("names", "codes", "gains") if k not in (config or {})]
+        if missing:
+            raise ValueError(f"label_set: missing {', '.join(missing)} (expected names, codes, gains)")
         return cls(
             names=tuple(config["names"]),
             codes=tuple(config["codes"]),

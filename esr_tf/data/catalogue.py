@@ -215,13 +215,21 @@ class Catalogue:
         split = parse_split(split)
         return [e for e in self.examples if e.split == split]
 
-    def columns(self, split: str | None = None) -> dict[str, np.ndarray]:
+    def columns(
+        self, split: str | None = None, label_set: LabelSet | None = None
+    ) -> dict[str, np.ndarray]:
         """Column arrays over the examples of `split` (all when None), products joined in.
 
         Keys: query, query_id, product_id, title, description, brand, color, image (resolved
         path or ""), split (object arrays of str) and label (int32).
+
+        `label_set`: number the labels as this set does (a model's, matched by name or code)
+        instead of as `self.label_set`; `CatalogueError` names labels it lacks.
         """
         examples = self.select(split)
+        labels = np.asarray([e.label for e in examples], dtype=np.int32).reshape(-1)
+        if label_set is not None and label_set != self.label_set:
+            labels = self._relabel(labels, label_set)
         products = [self.products[e.product_id] for e in examples]
 
         def col(values) -> np.ndarray:
@@ -238,9 +246,16 @@ class Catalogue:
             "brand": col(p.brand for p in products),
             "color": col(p.color for p in products),
             "image": col(p.image for p in products),
-            "label": np.asarray([e.label for e in examples], dtype=np.int32).reshape(-1),
+            "label": labels,
             "split": col(e.split for e in examples),
         }
+
+    def _relabel(self, labels: np.ndarray, label_set: LabelSet) -> np.ndarray:
+        try:
+            mapping = self.label_set.index_map(label_set, used=np.unique(labels))
+        except ValueError as e:
+            raise CatalogueError(f"catalogue at {self.root}: {e}") from None
+        return mapping[labels] if labels.size else labels
 
     def label_counts(self, split: str | None = None) -> dict[str, int]:
         counts = Counter(e.label for e in self.select(split))

@@ -56,7 +56,7 @@ def evaluate_model(
 
     `features`: the split's `BackboneFeatures` (same example order), to skip the backbones.
     """
-    columns = catalogue.columns(split)
+    columns = catalogue.columns(split, label_set=model.label_set)  # numbered as the model's outputs
     if not len(columns["label"]):
         raise ValueError(f"the catalogue at {catalogue.root} has no '{split}' examples to evaluate")
     if features is not None and len(features) != len(columns["label"]):

@@ -27,10 +27,11 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
+from esr_tf.labels import LabelSet
 from esr_tf.models.builder import build_relevance_model
 from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.augment import hide_colour_words
-from esr_tf.training.config import TrainConfig
+from esr_tf.training.config import ConfigError, TrainConfig
 from esr_tf.training.distribute import (
     is_multi_worker,
     local_predict,
@@ -66,7 +67,11 @@ def load_training_data(config: TrainConfig) -> Catalogue:
         folder = generate_demo_shop(Path(config.out_dir) / "demo_shop", seed=config.seed, size=config.demo_size)
     else:
         folder = Path(config.data)
-    return load_catalogue(folder, missing_images=config.missing_images)
+    try:  # read the labels as the model numbers them (names / codes of model.label_set)
+        label_set = LabelSet.coerce(config.model.label_set)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.label_set: {e}") from None
+    return load_catalogue(folder, missing_images=config.missing_images, label_set=label_set)
 
 
 def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
@@ -187,10 +192,11 @@ def train(
 
     with strategy.scope():
         model = build_relevance_model(config.model)
-        train_cols, valid_cols = catalogue.columns("train"), catalogue.columns("valid")
+        labels = model.label_set  # the catalogue's labels numbered as the model's outputs
+        train_cols, valid_cols = catalogue.columns("train", labels), catalogue.columns("valid", labels)
         if config.hide_colour_rate > 0 and model.fusion != "text_only":
             train_cols = hide_colour_words(train_cols, rate=config.hide_colour_rate, seed=config.seed)
-        parts = {"train": train_cols, "valid": valid_cols, "test": catalogue.columns("test")}
+        parts = {"train": train_cols, "valid": valid_cols, "test": catalogue.columns("test", labels)}
         num_labels = model.label_set.num_labels
         gains = tuple(model.label_set.gains)
         weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)
