@@ -30,6 +30,14 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int)
 
 
+def _overwrite_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start fresh in --out, removing an earlier run's backup/, checkpoints, logs and model",
+    )
+
+
 def _config(args):
     from esr_tf.training.config import parse_config
 
@@ -64,7 +72,7 @@ def cmd_train(args) -> int:
     from esr_tf.training.trainer import train
 
     config = _config(args)
-    result = train(config)
+    result = train(config, overwrite=args.overwrite)
     report = evaluate_model(
         result.model,
         result.catalogue,
@@ -100,7 +108,8 @@ def cmd_ablate(args) -> int:
     from esr_tf.training.ablate import ABLATION_MODES, ablate, markdown_table
 
     config = _config(args)
-    rows = ablate(config, tuple(args.modes.split(",")) if args.modes else ABLATION_MODES)
+    modes = tuple(args.modes.split(",")) if args.modes else ABLATION_MODES
+    rows = ablate(config, modes, overwrite=args.overwrite)
     print(markdown_table(rows))
     print(f"written to {Path(config.out_dir) / 'ablation.json'} and ablation.md")
     return 0
@@ -167,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit on a catalogue (keras fit on tf.data)")
     _train_args(p)
+    _overwrite_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics.json and plots for a saved model")
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "ablate", help="text_only / image_only / concat / cross_attention on one split"
     )
     _train_args(p)
+    _overwrite_arg(p)
     p.add_argument("--modes", help="comma-separated fusion modes")
     p.set_defaults(func=cmd_ablate)
 

@@ -18,7 +18,8 @@ COLUMNS = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
 
 
 def ablate(
-    config: TrainConfig, modes: tuple[str, ...] = ABLATION_MODES, *, verbose: int = 0
+    config: TrainConfig, modes: tuple[str, ...] = ABLATION_MODES, *, verbose: int = 0,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Trains and evaluates each mode on `config`'s data; writes ablation.json / ablation.md.
 
@@ -37,7 +38,7 @@ def ablate(
                 "model": config.model.replace(fusion=mode),
             }
         )
-        result = train(run, catalogue=catalogue, features=shared or None, verbose=verbose)
+        result = train(run, catalogue=catalogue, features=shared or None, verbose=verbose, overwrite=overwrite)
         if mode != "text_only":  # text_only's leave the photos out
             shared = result.features
         report = evaluate_model(

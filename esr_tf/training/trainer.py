@@ -40,6 +40,7 @@ from esr_tf.training.distribute import (
 )
 from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint, targets
 from esr_tf.training.losses import RelevanceLoss
+from esr_tf.training.run_state import prepare_out_dir, run_fingerprint
 
 log = logging.getLogger("esr_tf.training")
 
@@ -166,8 +167,12 @@ def train(
     catalogue: Catalogue | None = None,
     features: Mapping[str, BackboneFeatures] | None = None,
     verbose: int = 1,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Trains per `config`; returns the trained model (best `val_loss` weights) and its history.
+
+    A `config.out_dir` holding the saved state of the same run (config and data) resumes it;
+    of another run, raises `RunConflictError` unless `overwrite` (start fresh, see `run_state`).
 
     `features`: frozen-backbone outputs of `catalogue` from an earlier run (its
     `TrainResult.features`), reused when they come from the same encoders (weights and
@@ -188,6 +193,7 @@ def train(
     for split in ("train", "valid"):
         if not len(catalogue.select(split)):
             raise TrainingError(f"the catalogue at {catalogue.root} has no '{split}' examples")
+    prepare_out_dir(out, run_fingerprint(config, catalogue), overwrite=overwrite)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     with strategy.scope():

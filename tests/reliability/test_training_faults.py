@@ -140,3 +140,68 @@ def test_nan_stop_checkpoint_is_a_good_state(nan_run):
     out, message = nan_run
     for path in (out / "checkpoints").glob("*.h5"):
         assert not non_finite_arrays(path), f"{path} holds NaN weights ({message})"
+
+
+# --- a rerun into the same out_dir (issue #18, item 2) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_config, tiny_catalogue, tmp_path_factory):
+    """`(config dict, out_dir)` of one finished 1-epoch run (its backup/ is kept)."""
+    from esr_tf.training.config import parse_config
+    from esr_tf.training.trainer import train
+
+    out = tmp_path_factory.mktemp("finished_run")
+    config = {**tiny_config.to_dict(), "data": str(tiny_catalogue.root), "out_dir": str(out),
+              "epochs": 1, "early_stopping_patience": 0}
+    train(parse_config(config), catalogue=tiny_catalogue, verbose=0)
+    assert (out / "backup").is_dir() and (out / "run.json").is_file()
+    return config, out
+
+
+def test_rerun_with_another_config_is_refused_naming_what_differs(finished_run, tmp_path, capsys):
+    from esr_tf.cli import main
+
+    config, out = finished_run
+    before = (out / "config.json").read_text()
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    code = main(["train", "--config", str(path), "--set", "seed=1", "--set", "learning_rate=0.01",
+                 "--set", "model.fusion=concat"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert "\n" not in err and "Traceback" not in err, err
+    for part in ("backup/", "seed 0 -> 1", "learning_rate 0.001 -> 0.01",
+                 "model.fusion cross_attention -> concat", "--overwrite", "another --out"):
+        assert part in err, (part, err)
+    assert (out / "config.json").read_text() == before  # still describes the saved run
+
+
+def test_rerun_with_other_data_is_refused(finished_run, tiny_catalogue):
+    import dataclasses
+
+    from esr_tf.training.config import parse_config
+    from esr_tf.training.run_state import RunConflictError
+    from esr_tf.training.trainer import train
+
+    config, _ = finished_run
+    fewer = dataclasses.replace(tiny_catalogue, examples=tiny_catalogue.examples[:-3])
+    with pytest.raises(RunConflictError, match=r"catalogue \d+ examples, sha256 \w+ -> "):
+        train(parse_config(config), catalogue=fewer, verbose=0)
+
+
+def test_overwrite_starts_a_fresh_run(finished_run, tiny_catalogue, tmp_path):
+    import shutil
+
+    from esr_tf.training.config import parse_config
+    from esr_tf.training.trainer import train
+
+    config, old = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(old, out)
+    config = {**config, "out_dir": str(out), "seed": 1}
+    result = train(parse_config(config), catalogue=tiny_catalogue, verbose=0, overwrite=True)
+    assert result.epochs_run == 1  # trained, not restored from the old backup/
+    assert finished_epochs(out / "history.csv") == [0]
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert json.loads((out / "run.json").read_text())["seed"] == 1
