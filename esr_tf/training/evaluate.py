@@ -7,7 +7,7 @@ without running the backbones again.
 
 Example:
 >>> report = evaluate_model(model, catalogue, split="test", out_dir="esr_out")  # doctest: +SKIP
->>> report["macro_f1"], report["ndcg@10"]  # doctest: +SKIP
+>>> report["macro_f1"], report["macro_f1_ci95"], report["ndcg@10"]  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from esr_tf.data import Catalogue
 from esr_tf.preprocessing.pipeline import make_dataset
+from esr_tf.training.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from esr_tf.training.feature_cache import BackboneFeatures
 from esr_tf.training.metrics import evaluation_report, write_metrics_json
 from esr_tf.training.plots import plot_confusion_matrix, plot_prediction_grid, plot_training_curves
@@ -51,10 +52,13 @@ def evaluate_model(
     history: dict[str, list[float]] | None = None,
     predictions: dict[str, np.ndarray] | None = None,
     features: BackboneFeatures | None = None,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
 ) -> dict:
     """Scores `split`; with `out_dir`, writes `metrics.json` and plots there.
 
     `features`: the split's `BackboneFeatures` (same example order), to skip the backbones.
+    `resamples` / `seed`: the query bootstrap behind each `<metric>_ci95` (0: no intervals).
     """
     columns = catalogue.columns(split, label_set=model.label_set)  # numbered as the model's outputs
     if not len(columns["label"]):
@@ -69,6 +73,8 @@ def evaluate_model(
         predictions["score"],
         columns["query_id"],
         model.label_set,
+        resamples=resamples,
+        seed=seed,
     )
     report["split"] = split
     if out_dir is not None:

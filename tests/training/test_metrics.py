@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from esr_tf.labels import ESCI
-from esr_tf.training import metrics as metrics_module
+from esr_tf.training import ranking as ranking_module
 from esr_tf.training.metrics import (
     classification_metrics,
     evaluation_report,
@@ -23,8 +23,7 @@ from esr_tf.training.plots import (
 )
 
 E, S, C, I = 0, 1, 2, 3  # noqa: E741 - the ESCI codes
-GAIN = {E: 1.0, S: 0.1, C: 0.01, I: 0.0}
-TOL = 1e-6  # keras metrics run in float32 and add epsilon 1e-7 to F1 denominators
+TOL = 1e-6  # values are rounded to 6 decimals
 
 
 def _probs_with_argmax(pred, num=4, seed=0):
@@ -59,6 +58,10 @@ def test_classification_hand_computed():
     assert m["accuracy"] == pytest.approx(0.625, abs=TOL)
     assert m["micro_f1"] == pytest.approx(0.625, abs=TOL)
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.5 + 0.0 + 0.8) / 4, abs=TOL)
+    # All four labels occur (C only as a true label): every one is averaged.
+    assert m["macro_labels"] == list(ESCI.names)
+    assert m["macro_precision"] == pytest.approx((2 / 3 + 0.5 + 0.0 + 2 / 3) / 4, abs=TOL)
+    assert m["macro_recall"] == pytest.approx((2 / 3 + 0.5 + 0.0 + 1.0) / 4, abs=TOL)
     assert m["confusion_matrix"] == [[2, 1, 0, 0], [0, 1, 0, 1], [1, 0, 0, 0], [0, 0, 0, 2]]
     expected = {
         "exact": (2 / 3, 2 / 3, 2 / 3, 3),
@@ -87,9 +90,50 @@ def test_classification_zero_support_and_ties_without_warnings():
     assert m["accuracy"] == pytest.approx(1.0, abs=TOL)
     for name in ("substitute", "complement"):
         assert m["per_class"][name] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    # Macro averages over all 4 classes, the absent ones included.
-    assert m["macro_f1"] == pytest.approx(0.5, abs=TOL)
+    # Macro averages over the labels that occur (true or predicted): E and I, not S and C.
+    assert m["macro_labels"] == ["exact", "irrelevant"]
+    assert (m["macro_f1"], m["macro_precision"], m["macro_recall"]) == (1.0, 1.0, 1.0)
     assert m["confusion_matrix"][0] == [2, 0, 0, 0]
+
+
+def test_macro_f1_of_three_present_labels_is_their_mean():
+    # No complement pair at all (true or predicted): macro-F1 is the mean over E, S, I.
+    # E: tp 2, support 3, predicted 2 -> F1 4/5; S: tp 1, support 1, predicted 2 -> 2/3;
+    # I: tp 1, support 1, predicted 1 -> 1.
+    y = np.array([E, E, E, S, I])
+    pred = np.array([E, E, S, S, I])
+    m = classification_metrics(y, _probs_with_argmax(pred))
+    assert m["macro_labels"] == ["exact", "substitute", "irrelevant"]
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 1.0) / 3, abs=TOL)
+    assert m["per_class"]["complement"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # A label only predicted (never true) is averaged too, with F1 0.
+    m = classification_metrics(np.array([E, E]), np.eye(4)[[E, C]])
+    assert m["macro_labels"] == ["exact", "complement"]
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.0) / 2, abs=TOL)
+
+
+def test_classification_agrees_with_keras_metrics():
+    import keras
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 4, size=300)
+    probs = rng.dirichlet(np.ones(4), size=300)
+    m = classification_metrics(y, probs)
+    true_1h, pred_1h = np.eye(4, dtype="f4")[y], np.eye(4, dtype="f4")[probs.argmax(1)]
+    f1 = keras.metrics.F1Score(average=None)
+    f1.update_state(true_1h, pred_1h)
+    macro = keras.metrics.F1Score(average="macro")  # all four labels occur here
+    macro.update_state(true_1h, pred_1h)
+    assert m["macro_labels"] == list(ESCI.names)
+    assert m["macro_f1"] == pytest.approx(float(macro.result()), abs=1e-5)
+    for i, name in enumerate(ESCI.names):
+        precision, recall = keras.metrics.Precision(class_id=i), keras.metrics.Recall(class_id=i)
+        precision.update_state(true_1h, pred_1h)
+        recall.update_state(true_1h, pred_1h)
+        got = m["per_class"][name]
+        assert got["f1"] == pytest.approx(float(f1.result()[i]), abs=1e-5)
+        assert got["precision"] == pytest.approx(float(precision.result()), abs=1e-5)
+        assert got["recall"] == pytest.approx(float(recall.result()), abs=1e-5)
 
 
 def test_classification_accepts_label_spellings():
@@ -161,22 +205,6 @@ def test_no_query_left_gives_zero():
     assert (m["ndcg@10"], m["mrr"], m["queries_with_zero_ideal_dcg"]) == (0.0, 0.0, 1)
 
 
-def test_ties_keep_input_order():
-    # Equal scores: the item given first ranks first (stable). keras_rs alone would shuffle
-    # ties at random, so 4 copies of each tied pair make a random order show up (p = 1 - 2**-8).
-    #   [I, E] tied -> I ranked first: nDCG 1/log2(3), RR 1/2
-    #   [E, I] tied -> E ranked first: nDCG 1, RR 1
-    #   [C, S, E] all tied -> DCG 0.01 + 0.1/log2(3) + 1/log2(4), IDCG 1 + 0.1/log2(3) + 0.01/2,
-    #   RR 1/3
-    pairs = [[I, E]] * 4 + [[E, I]] * 4
-    y = np.array([label for pair in pairs for label in pair] + [C, S, E])
-    q = np.array([i // 2 for i in range(16)] + [99] * 3)
-    m = ranking_metrics(q, y, np.full(y.size, 0.5))
-    triple = (0.01 + 0.1 / math.log2(3) + 0.5) / (1 + 0.1 / math.log2(3) + 0.01 / 2)
-    assert m["ndcg@10"] == pytest.approx((4 / math.log2(3) + 4 + triple) / 9, abs=TOL)
-    assert m["mrr"] == pytest.approx((4 * 0.5 + 4 + 1 / 3) / 9, abs=TOL)
-
-
 def test_k_truncation_on_a_12_item_query():
     scores = np.linspace(1.0, 0.0, 12)  # input order = rank order
     # 11 irrelevant items, then the only exact one at rank 12: outside the top 10.
@@ -197,36 +225,20 @@ def test_k_truncation_on_a_12_item_query():
     assert m["mrr"] == pytest.approx(0.5, abs=TOL)
 
 
-def _reference_ndcg_mrr(q, y, s, k):
-    """Loop version of the documented definitions, for cross-checking."""
-    ndcgs, rrs = [], []
-    for query in np.unique(q):
-        idx = np.flatnonzero(q == query)
-        ranked = idx[np.argsort(-s[idx], kind="stable")]
-        gains = [GAIN[label] for label in y[ranked]]
-        ideal = _dcg(sorted(gains, reverse=True)[:k])
-        if ideal > 0:
-            ndcgs.append(_dcg(gains[:k]) / ideal)
-        exact_ranks = [r for r, label in enumerate(y[ranked], 1) if label == E]
-        if exact_ranks:
-            rrs.append(1 / exact_ranks[0])
-    return np.mean(ndcgs), np.mean(rrs)
-
-
-def test_matches_reference_on_random_lists_with_ties_and_chunks(monkeypatch):
+def test_matches_keras_rs_on_random_lists_without_ties(monkeypatch):
     rng = np.random.default_rng(3)
     n = 400
     q = rng.integers(0, 40, size=n)
     y = rng.choice(4, size=n, p=[0.4, 0.2, 0.1, 0.3])
-    s = np.round(rng.uniform(size=n), 1)  # many ties
-    want_ndcg, want_mrr = _reference_ndcg_mrr(q, y, s, k=5)
+    s = rng.permutation(n) / n  # distinct scores: the tie rule plays no part
+    gains = np.array(ESCI.gains)[y]
     m = ranking_metrics(q, y, s, k=5)
-    assert m["ndcg@5"] == pytest.approx(want_ndcg, abs=1e-5)
-    assert m["mrr"] == pytest.approx(want_mrr, abs=1e-5)
-    monkeypatch.setattr(metrics_module, "_QUERY_CHUNK", 7)  # several padded chunks
-    chunked = ranking_metrics(q, y, s, k=5)
-    assert chunked["ndcg@5"] == pytest.approx(want_ndcg, abs=1e-5)
-    assert chunked["mrr"] == pytest.approx(want_mrr, abs=1e-5)
+    want = ranking_module.keras_rs_reference(q, gains, s, y == E, k=5)
+    assert m["ndcg@5"] == pytest.approx(want["ndcg"], abs=1e-5)  # keras_rs runs in float32
+    assert m["mrr"] == pytest.approx(want["mrr"], abs=1e-5)
+    monkeypatch.setattr(ranking_module, "_QUERY_CHUNK", 7)  # several padded keras_rs updates
+    chunked = ranking_module.keras_rs_reference(q, gains, s, y == E, k=5)
+    assert chunked == pytest.approx(want, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -265,6 +277,11 @@ def test_evaluation_report_and_json(tmp_path):
     ):
         assert key in report
     assert report["num_examples"] == 5
+    for key in ("accuracy", "macro_f1", "ndcg@10", "mrr"):
+        low, high = report[f"{key}_ci95"]
+        assert low <= report[key] <= high
+    assert report["bootstrap"]["resamples"] == 1000 and report["bootstrap"]["seed"] == 0
+    assert "accuracy_ci95" not in evaluation_report(y, probs, None, q, resamples=0)
     explicit = evaluation_report(y, probs, probs @ np.array(ESCI.gains), q)
     assert explicit["ndcg@10"] == pytest.approx(report["ndcg@10"])
 
