@@ -95,6 +95,10 @@ class RelevanceModel(keras_hub.models.Task):
         colours = fl.PatchColours(tuple(features.shape[1:3]), name="patch_colours")(images)
         features = keras.layers.Concatenate(name="features_and_colours")([features, colours])
         self.image_encoder = keras.Model(images, features, name="image_encoder")
+        # Rows without a photo skip the backbone; see `GatherPhotoRows`. (Two weightless
+        # layers around `image_encoder`, not a wrapper: .keras files key weights by layer order.)
+        self.gather_photos = fl.GatherPhotoRows(name="gather_photo_rows")
+        self.scatter_photos = fl.ScatterPhotoRows(name="scatter_photo_rows")
         feature_shape = tuple(self.image_encoder.output.shape[1:])
         feature_map = keras.Input(feature_shape, name="feature_map")
         self.image_projector = keras.Model(
@@ -127,7 +131,7 @@ class RelevanceModel(keras_hub.models.Task):
             # No photo path at all; image inputs are accepted so every mode shares one interface.
             tokens = fl.EmptyImageTokens(name="no_image_tokens")(inputs["images"])
         else:
-            tokens = self.image_projector(self.image_encoder(inputs["images"]))
+            tokens = self.encode_images(inputs["images"], inputs["has_image"])
         outputs = self.fusion_head(
             {
                 "sequence_output": text["sequence_output"],
@@ -153,6 +157,12 @@ class RelevanceModel(keras_hub.models.Task):
         self.freeze_text = freeze_text
         self.freeze_image = freeze_image
         self.special_token_ids = self.fusion_head.get_layer("cross_segment_match").special_token_ids
+
+    def encode_images(self, images, has_image, training=None):
+        """Patch tokens `[B, P, hidden_dim]` of decoded `images`; rows whose `has_image` is 0
+        skip the image backbone (their tokens are masked by the fusion head anyway)."""
+        photos = self.image_encoder(self.gather_photos(images, has_image), training=training)
+        return self.image_projector(self.scatter_photos(photos, has_image), training=training)
 
     def head_model(self) -> keras.Model:
         """The trainable part above the backbones: (BERT output, feature map) -> outputs.
