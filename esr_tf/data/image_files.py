@@ -5,8 +5,10 @@ before any pixel buffer exists, then looks for truncation cheaply: PNG chunks ar
 `Image.verify()`; JPEG / GIF files must end with their end marker, and only files that do not are
 decoded to decide (a JPEG with trailing bytes after its end marker is still fine).
 
-The same size limits are used by the serving graph (`esr_tf.preprocessing.image_decoder`), so an
-image the catalogue accepts is one the exported model accepts.
+The same size limits and format rules (`esr_tf.preprocessing.image_limits`) are used by the
+serving graph (`esr_tf.preprocessing.image_decoder`), so an image the catalogue accepts is one
+the exported model decodes with its colours: BMP variants TF misreads or refuses (1/4/16-bit,
+RLE) and animated WebPs are `unsupported_format`. Any aspect ratio within the limits is fine.
 
 Example:
 >>> import tempfile, pathlib
@@ -22,17 +24,32 @@ Example:
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-# Limits on the size an image header may declare (shared with the serving graph).
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_IMAGE_SIDE = 8192
+# Limits and format rules shared with the serving graph (re-exported here).
+from esr_tf.preprocessing.image_limits import (
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGE_SIDE,
+    SUPPORTED_FORMATS,
+    WEBP_ANIMATION_FLAG,
+    bmp_is_decodable,
+)
 
-# Formats `tf.io.decode_image` (the serving graph's decoder) reads.
-SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+__all__ = [
+    "IMAGE_PROBLEMS",
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_SIDE",
+    "SUPPORTED_FORMATS",
+    "check_image_file",
+    "inspect_image_file",
+    "resolve_inside",
+]
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 # Reason key -> what it means; the keys are what `check_image_file` returns and what
@@ -43,12 +60,14 @@ IMAGE_PROBLEMS = {
     "unreadable": "file cannot be read",
     "empty_file": "file is empty (0 bytes)",
     "not_an_image": "not an image Pillow can identify",
-    "unsupported_format": f"image format not one of {', '.join(SUPPORTED_FORMATS)}",
+    "unsupported_format": f"image format not one of {', '.join(SUPPORTED_FORMATS)}, or a "
+    "variant the serving decoder cannot read (1/4/16-bit or RLE BMP, animated WebP)",
     "too_large": f"declared size over {MAX_IMAGE_SIDE} px a side or {MAX_IMAGE_PIXELS:,} pixels",
     "truncated": "image data is truncated or corrupt",
 }
 
 _TAIL_BYTES = 64
+_HEAD_BYTES = 64  # enough for the PNG IHDR, the BMP info header fields and the WebP VP8X flags
 
 
 def _ends_with(path: Path, marker: bytes) -> bool:
@@ -68,6 +87,39 @@ def _decodes(path: Path) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any decoder failure means "corrupt"
         return False
+
+
+def _too_large(width: int, height: int, max_side: int, max_pixels: int) -> str | None:
+    if max(width, height) > max_side or width * height > max_pixels:
+        return (f"header declares {width}x{height} pixels "
+                f"(limits: {max_side} a side, {max_pixels:,} in all)")
+    return None
+
+
+def _png_header_size(head: bytes) -> tuple[int, int] | None:
+    """`(width, height)` from a PNG's IHDR (the first 24 bytes), or None for another format.
+
+    Read by hand because Pillow cannot identify a PNG that ends after its IHDR chunk.
+    """
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR" or len(head) < 24:
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def _unsupported_variant(im: Image.Image, head: bytes) -> str | None:
+    """Why TF's decoder cannot read this BMP / WebP with its true colours, or None."""
+    if im.format == "BMP" and len(head) >= 34:
+        header_size, = struct.unpack("<I", head[14:18])
+        bits, compression = struct.unpack("<HI", head[28:34])
+        if not bmp_is_decodable(bits, header_size, compression):
+            return (f"BMP variant not supported ({bits}-bit, compression {compression}, "
+                    f"{header_size}-byte header; use 8-, 24- or 32-bit uncompressed)")
+    if im.format == "WEBP" and (
+        getattr(im, "is_animated", False)
+        or (head[12:16] == b"VP8X" and head[20] & WEBP_ANIMATION_FLAG)
+    ):
+        return "animated WebP is not supported (use its first frame, or a GIF)"
+    return None
 
 
 def inspect_image_file(
@@ -90,6 +142,11 @@ def inspect_image_file(
     if st.st_size == 0:
         return "empty_file", IMAGE_PROBLEMS["empty_file"]
     try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+        declared = _png_header_size(head)
+        if declared is not None and (detail := _too_large(*declared, max_side, max_pixels)):
+            return "too_large", detail
         with warnings.catch_warnings():
             # Pillow warns about (and above 2x its own limit refuses) huge headers; ours is lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -98,11 +155,10 @@ def inspect_image_file(
                 width, height = im.size
                 if fmt not in SUPPORTED_FORMATS:
                     return "unsupported_format", f"image format {fmt} is not supported"
-                if max(width, height) > max_side or width * height > max_pixels:
-                    return "too_large", (
-                        f"header declares {width}x{height} pixels "
-                        f"(limits: {max_side} a side, {max_pixels:,} in all)"
-                    )
+                if detail := _too_large(width, height, max_side, max_pixels):
+                    return "too_large", detail
+                if detail := _unsupported_variant(im, head):
+                    return "unsupported_format", detail
                 if fmt == "PNG":
                     im.verify()  # walks chunks and CRCs without decompressing
                     return None, ""

@@ -5,8 +5,10 @@ value range the image backbone wants, plus a `has_image` flag. Empty bytes mean 
 image with `has_image = 0`). Only TF ops are used, so the same code runs inside TF Serving.
 
 Hostile input is refused before any pixel buffer is allocated: the width and height declared in
-the file header are read with string ops and checked against `max_pixels` / `max_side`. Bytes
-that are not an image give `InvalidArgumentError` from the decoder.
+the file header are read with string ops and checked against `max_pixels` / `max_side`, and BMP /
+WebP variants TF misreads are refused (`image_limits`, the catalogue's rules too). Bytes that are
+not an image give `InvalidArgumentError` from the decoder. Any aspect ratio within the limits
+works (a 1x8192 banner becomes a 1-px line, padded).
 
 Example:
 >>> import tensorflow as tf
@@ -22,8 +24,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from esr_tf.data.image_files import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
-from esr_tf.data.image_files import MAX_IMAGE_SIDE as DEFAULT_MAX_SIDE
+from esr_tf.preprocessing import image_limits
+from esr_tf.preprocessing.image_limits import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
+from esr_tf.preprocessing.image_limits import MAX_IMAGE_SIDE as DEFAULT_MAX_SIDE
 
 
 def _uint(data: tf.Tensor, offset: int, length: int, little_endian: bool) -> tf.Tensor:
@@ -91,13 +94,85 @@ def declared_size(data: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _is_webp(padded: tf.Tensor) -> tf.Tensor:
+    return tf.logical_and(
+        tf.equal(tf.strings.substr(padded, 0, 4), b"RIFF"),
+        tf.equal(tf.strings.substr(padded, 8, 4), b"WEBP"),
+    )
+
+
+def variant_checks(data: tf.Tensor) -> list[tf.Operation]:
+    """Asserts refusing the BMP / WebP variants TF's decoders misread or fail on (the rules of
+    `image_limits`, also applied by the catalogue check), before any pixel is decoded."""
+    padded = data + tf.constant(b"\0" * 64)
+    is_bmp = tf.equal(tf.strings.substr(padded, 0, 2), b"BM")
+    bits, header = _uint(padded, 28, 2, True), _uint(padded, 14, 4, True)
+    compression = _uint(padded, 30, 4, True)
+    bmp_ok = tf.logical_and(
+        header >= image_limits.BMP_MIN_HEADER,
+        tf.logical_and(
+            tf.reduce_any(tf.equal(bits, image_limits.BMP_BITS_PER_PIXEL)),
+            tf.reduce_any(tf.equal(compression, image_limits.BMP_COMPRESSIONS)),
+        ),
+    )
+    flags = _uint(padded, 20, 1, False)
+    animated = tf.logical_and(
+        tf.logical_and(_is_webp(padded), tf.equal(tf.strings.substr(padded, 12, 4), b"VP8X")),
+        tf.not_equal(flags // image_limits.WEBP_ANIMATION_FLAG % 2, 0),
+    )
+    return [
+        tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_bmp), bmp_ok),
+            ["image refused: BMP variant not supported (bits per pixel, compression, header "
+             "bytes)", bits, compression, header, "use 8-, 24- or 32-bit uncompressed"],
+        ),
+        tf.debugging.Assert(
+            tf.logical_not(animated), ["image refused: animated WebP is not supported"]
+        ),
+    ]
+
+
+def _bmp_palette_lookup(data: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """RGB of an 8-bit BMP: TF's decoder returns its palette indices as grey levels."""
+    padded = data + tf.constant(b"\0" * 64)
+    used = _uint(padded, 46, 4, True)
+    count = tf.where(tf.logical_or(used == 0, used > 256), tf.constant(256, tf.int64), used)
+    start = 14 + _uint(padded, 14, 4, True)
+    raw = tf.io.decode_raw(tf.strings.substr(data, start, 4 * count), tf.uint8)
+    entries = tf.reshape(raw[: tf.size(raw) // 4 * 4], [-1, 4])  # B, G, R, reserved
+    palette = tf.reverse(entries[:, :3], [1])
+    n = tf.shape(palette)[0]
+    check = tf.debugging.Assert(n > 0, ["image refused: 8-bit BMP without a palette"])
+    with tf.control_dependencies([check]):
+        index = tf.clip_by_value(tf.cast(indices[..., 0], tf.int32), 0, n - 1)
+    return tf.gather(palette, index)
+
+
+def _decode_pixels(data: tf.Tensor) -> tf.Tensor:
+    """`uint8 [h, w, 3]`: GIF first frame; WebP alpha dropped; 8-bit BMP through its palette."""
+    padded = data + tf.constant(b"\0" * 32)
+
+    def webp():  # TF's WebP decoder wants the file's own channel count (3, or 4 with alpha)
+        return tf.io.decode_image(data, channels=0, expand_animations=False)[..., :3]
+
+    def other():  # expand_animations=False: GIFs give their first frame as a 3-D image.
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+
+    image = tf.ensure_shape(tf.cond(_is_webp(padded), webp, other), [None, None, 3])
+    is_bmp8 = tf.logical_and(
+        tf.equal(tf.strings.substr(padded, 0, 2), b"BM"), tf.equal(_uint(padded, 28, 2, True), 8)
+    )
+    return tf.cond(is_bmp8, lambda: _bmp_palette_lookup(data, image), lambda: image)
+
+
 @keras.saving.register_keras_serializable(package="esr_tf")
 class ImageDecoder(keras.layers.Layer):
     """Decodes encoded image bytes into `[image_size, image_size, 3]` floats plus `has_image`.
 
-    The aspect ratio is kept: the image is resized to fit and padded (`tf.image.resize_with_pad`,
-    bilinear, antialiased when shrinking); pixels are mapped from [0, 255] to `value_range`. Works on a scalar
-    (one example, as in a `tf.data` map) or a `[batch]` vector (as in a serving signature).
+    The aspect ratio is kept: the image is resized to fit and padded (`tf.image.resize_with_pad`
+    arithmetic, bilinear, antialiased when shrinking, the short side at least 1 px); pixels are
+    mapped from [0, 255] to `value_range`. Works on a scalar (one example, as in a `tf.data`
+    map) or a `[batch]` vector (as in a serving signature).
 
     Args:
         image_size: side of the square output.
@@ -139,10 +214,8 @@ class ImageDecoder(keras.layers.Layer):
                     f"over the limits ({self.max_side} px a side, {self.max_pixels} pixels)",
                 ],
             )
-            with tf.control_dependencies([check]):
-                # expand_animations=False: GIFs give their first frame as a 3-D image.
-                image = tf.io.decode_image(data, channels=3, expand_animations=False)
-            image = tf.cast(tf.ensure_shape(image, [None, None, 3]), tf.float32)
+            with tf.control_dependencies([check, *variant_checks(data)]):
+                image = tf.cast(_decode_pixels(data), tf.float32)
             image = tf.cond(
                 tf.reduce_all(tf.shape(image)[:2] == size),
                 lambda: image,  # already the output size: resizing would be an exact no-op
@@ -157,16 +230,26 @@ class ImageDecoder(keras.layers.Layer):
     def _fit(self, image: tf.Tensor) -> tf.Tensor:
         """Resizes to fit `image_size` keeping the aspect ratio, then pads.
 
+        The arithmetic of `tf.image.resize_with_pad` (same float32 ops, so the same pixels),
+        except that the short side is at least 1 px: for a 2x700 banner that function asks
+        for a 0-px resize and fails ("output dimensions must be positive").
+
         Antialiasing only changes the result when shrinking (enlarging: <= 1e-4 of 255 apart), and
         it costs ~1.7x the resize time, so it is applied to images larger than the output only.
         """
         size = self.image_size
-        shrink = tf.reduce_any(tf.shape(image)[:2] > size)
-        return tf.cond(
-            shrink,
-            lambda: tf.image.resize_with_pad(image, size, size, antialias=True),
-            lambda: tf.image.resize_with_pad(image, size, size, antialias=False),
+        shape = tf.shape(image)[:2]
+        hw = tf.cast(shape, tf.float32)
+        scaled = hw / tf.reduce_max(hw / float(size))
+        target = tf.maximum(tf.cast(tf.floor(scaled), tf.int32), 1)
+        pad = tf.maximum(tf.cast(tf.floor((float(size) - scaled) / 2), tf.int32), 0)
+        batch = image[tf.newaxis]
+        resized = tf.cond(
+            tf.reduce_any(shape > size),
+            lambda: tf.image.resize(batch, target, antialias=True),
+            lambda: tf.image.resize(batch, target, antialias=False),
         )
+        return tf.image.pad_to_bounding_box(resized, pad[0], pad[1], size, size)[0]
 
     def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         images = tf.convert_to_tensor(images, tf.string)

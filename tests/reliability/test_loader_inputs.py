@@ -174,16 +174,12 @@ def test_png_header_only_50000_is_refused_without_decoding(tmp_path, policy, no_
     with caplog.at_level(logging.WARNING, logger="esr_tf.data"):
         cat = load_catalogue(root, missing_images=policy)
     assert cat.products["p2"].image == "" and cat.products["p1"].image != ""
-    assert sum(cat.image_problems.values()) == 1  # reason: see the xfail test below
+    assert cat.image_problems == {"too_large": 1}
     assert "1 image(s) replaced by 'no image'" in caplog.text
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG (minor): a PNG that is only signature + IHDR "
-                   "declaring 50000x50000 is counted as 'not_an_image' (Pillow cannot identify a "
-                   "PNG without further chunks), not 'too_large' with the declared size, while "
-                   "the serving decoder reports 'image refused ... 50000, 50000'")
 def test_png_header_only_50000_reason_is_too_large(tmp_path):
+    # Pillow cannot identify a PNG that ends after IHDR; the size is read from the bytes first.
     (tmp_path / "huge.png").write_bytes(png_header_only(50000, 50000))
     reason, detail = inspect_image_file(tmp_path / "huge.png")
     assert reason == "too_large" and "50000x50000" in detail
@@ -261,6 +257,9 @@ AGREEING = {
     "jpeg_progressive": lambda: encode(fmt="JPEG", progressive=True),
     "gif_animated": _gif_animated,
     "webp_lossless": lambda: encode(fmt="WEBP", lossless=True),
+    "webp_alpha": lambda: encode(Image.new("RGBA", (20, 10), (200, 30, 30, 100)), "WEBP"),
+    "webp_alpha_lossless": lambda: encode(Image.new("RGBA", (20, 10), (200, 30, 30, 9)), "WEBP",
+                                          lossless=True),
     "bmp_rgb": lambda: encode(fmt="BMP"),
     "bmp_gray": lambda: encode(Image.new("L", (20, 10), 81), "BMP"),
 }
@@ -274,41 +273,78 @@ def test_accepted_formats_decode_in_the_serving_graph(tmp_path, kind):
     assert np.isfinite(_decoded(data)).all()
 
 
+def _bmp_rle8_header() -> bytes:
+    """An 8-bit BMP whose header claims RLE8 compression (TF would read the bytes as pixels)."""
+    data = bytearray(encode(Image.new("L", (20, 10), 81), "BMP"))
+    data[30:34] = struct.pack("<I", 1)
+    return bytes(data)
+
+
+# Variants the serving decoder cannot read with their true colours: refused on both sides.
 DISAGREEING = {
     "bmp_1bit": lambda: encode(Image.new("1", (20, 10), 1), "BMP"),
+    "bmp_rle8_header": _bmp_rle8_header,
     "webp_animated": animated_webp,
 }
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: image_files.inspect_image_file accepts 1-bit BMPs "
-                   "and animated WebPs (Pillow decodes them), but tf.io.decode_image refuses them "
-                   "('Number of channels inherent in the image must be 1, 3 or 4, was 0' / "
-                   "'WebP Animation must be 4 channel RGBA'): load_catalogue(missing_images="
-                   "'error') passes and training / serving then fails without naming the file")
 @pytest.mark.parametrize("kind", list(DISAGREEING))
 def test_catalogue_refuses_what_the_decoder_cannot_read(tmp_path, kind):
     import tensorflow as tf
 
     data = DISAGREEING[kind]()
     (tmp_path / "img").write_bytes(data)
-    accepted = inspect_image_file(tmp_path / "img")[0] is None
-    try:
+    reason, detail = inspect_image_file(tmp_path / "img")
+    assert reason == "unsupported_format" and "not supported" in detail, (reason, detail)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image refused|channels|Unknown"):
         _decoded(data)
-        decodes = True
-    except tf.errors.InvalidArgumentError:
-        decodes = False
-    assert accepted == decodes
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="BUG: an 8-bit palette BMP is accepted by the catalogue "
-                   "but tf.io.decode_image returns the palette indices as grey levels (a red "
-                   "product decodes as grey 40), silently destroying the colour signal")
 def test_palette_bmp_keeps_its_colour():
+    # TF's BMP decoder returns palette indices as grey; the decoder looks them up in the palette.
     red = Image.new("RGB", (20, 10), (200, 30, 30))
     centre = _decoded(encode(red.convert("P"), "BMP"))[8, 8]
     np.testing.assert_allclose(centre, [200, 30, 30], atol=12)
+
+
+def test_palette_bmp_with_many_colours_matches_pillow():
+    noise = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(noise).convert("P")  # adaptive 256-colour palette, every pixel used
+    data = encode(image, "BMP")
+    expected = np.asarray(image.convert("RGB"), dtype=np.float32)
+    np.testing.assert_array_equal(_decoded(data), expected)  # 16x16: no resize
+
+
+# --- extreme aspect ratios inside the limits ----------------------------------------------------
+
+BANNERS = [(1, 320), (2, 700), (10, 4000), (1, 8192), (400, 1)]  # (height, width)
+
+
+@pytest.mark.parametrize("height,width", BANNERS, ids=[f"{h}x{w}" for h, w in BANNERS])
+def test_extreme_aspect_ratios_are_accepted_and_padded(tmp_path, height, width):
+    # resize_with_pad asked for a 0-px side ("output dimensions must be positive"); the short
+    # side is now at least 1 px, so such banners decode like any photo.
+    data = encode(Image.new("RGB", (width, height), (200, 30, 30)), "PNG")
+    (tmp_path / "banner.png").write_bytes(data)
+    assert inspect_image_file(tmp_path / "banner.png") == (None, "")
+    image = _decoded(data)
+    assert image.shape == (16, 16, 3) and np.isfinite(image).all()
+    red = np.all(np.abs(image - [200, 30, 30]) < 1, axis=-1)
+    assert red.any() and (image == 0).all(axis=-1).sum() == 16 * 16 - red.sum()
+
+
+def test_banner_in_a_catalogue_reaches_the_pipeline(tmp_path):
+    import tensorflow as tf
+
+    from esr_tf.preprocessing.image_decoder import ImageDecoder
+
+    banner = encode(Image.new("RGB", (700, 2), (200, 30, 30)), "PNG")
+    root = make_catalogue(tmp_path / "cat", files={"images/p2.png": banner})
+    cat = load_catalogue(root, missing_images="error")
+    images = [open(p, "rb").read() if p else b"" for p in cat.columns()["image"]]
+    decoded, has_image = ImageDecoder(image_size=160)(tf.constant(images))
+    assert decoded.shape[1:] == (160, 160, 3) and np.isfinite(decoded.numpy()).all()
+    assert has_image.numpy().tolist() == [1.0, 1.0, 0.0]
 
 
 def test_png_named_jpg_and_jpeg_with_trailer_decode_in_the_graph(tmp_path):
