@@ -38,6 +38,16 @@ def _overwrite_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct, got {text!r}")
+    return seeds
+
+
 def _config(args):
     from esr_tf.training.config import parse_config
 
@@ -69,6 +79,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from esr_tf.training.evaluate import evaluate_model
+    from esr_tf.training.metrics import format_intervals
     from esr_tf.training.trainer import train
 
     config = _config(args)
@@ -81,10 +92,8 @@ def cmd_train(args) -> int:
         history=result.history,
         features=result.features.get("test"),
     )
-    print(
-        f"saved {result.model_path}; test macro-F1 {report['macro_f1']:.3f}, "
-        f"metrics in {result.out_dir / 'metrics.json'}"
-    )
+    print(f"saved {result.model_path}; test {format_intervals(report)}")
+    print(f"metrics in {result.out_dir / 'metrics.json'}")
     return 0
 
 
@@ -92,14 +101,17 @@ def cmd_evaluate(args) -> int:
     from esr_tf.data import load_catalogue
     from esr_tf.models.builder import load_model
     from esr_tf.training.evaluate import evaluate_model
+    from esr_tf.training.metrics import INTERVAL_METRICS, format_intervals
 
     model = load_model(args.model)
     catalogue = load_catalogue(
         args.data, missing_images=args.missing_images, label_set=model.label_set
     )
     report = evaluate_model(model, catalogue, split=args.split, out_dir=args.out)
-    keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
+    keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr", "macro_labels")
+    keys += tuple(f"{k}_ci95" for k in INTERVAL_METRICS)
     print(json.dumps({k: report[k] for k in keys}, indent=2))
+    print(f"{args.split}: {format_intervals(report)}")
     print(f"metrics.json and plots written to {args.out}")
     return 0
 
@@ -109,8 +121,7 @@ def cmd_ablate(args) -> int:
 
     config = _config(args)
     modes = tuple(args.modes.split(",")) if args.modes else ABLATION_MODES
-    rows = ablate(config, modes, overwrite=args.overwrite)
-    print(markdown_table(rows))
+    print(markdown_table(ablate(config, modes, seeds=args.seeds, overwrite=args.overwrite)))
     print(f"written to {Path(config.out_dir) / 'ablation.json'} and ablation.md")
     return 0
 
@@ -193,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     _overwrite_arg(p)
     p.add_argument("--modes", help="comma-separated fusion modes")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="comma-separated training seeds, e.g. 0,1,2: each mode once per seed (default: the config's)",
+    )
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser(

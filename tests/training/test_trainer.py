@@ -113,15 +113,17 @@ def test_ablate_produces_all_four_rows(tiny_catalogue, tmp_path, monkeypatch):
         "compute_parts",
         classmethod(lambda cls, model, *a, **k: passes.append(model.fusion) or compute_parts(cls, model, *a, **k)),
     )
-    rows = ablate(cfg)
+    result = ablate(cfg)
     # Own encoders: text_only (no photos), image_only (BERT sees the query only); concat's
     # pass serves cross_attention.
     assert passes == ["text_only", "image_only", "concat"]
+    rows = result["runs"]
     assert [r["fusion"] for r in rows] == list(ABLATION_MODES)
-    assert all(0.0 <= r["macro_f1"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["macro_f1"] <= 1.0 and r["seed"] == cfg.seed for r in rows)
     table = (tmp_path / "ablation.md").read_text()
     assert all(mode in table for mode in ABLATION_MODES)
-    assert len(json.loads((tmp_path / "ablation.json").read_text())) == 4
+    assert len(json.loads((tmp_path / "ablation.json").read_text())["runs"]) == 4
+    assert (tmp_path / "cross_attention" / f"seed_{cfg.seed}" / "metrics.json").exists()
 
 
 def test_cached_features_are_refused_by_other_backbones(tiny_trained, tiny_config):
