@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from esr_tf.training.config import parse_config
+from esr_tf.training.metrics import INTERVAL_METRICS, format_intervals
 
 
 def run_demo(
@@ -69,6 +70,7 @@ def run_demo(
         "accuracy": report["accuracy"],
         "ndcg@10": report["ndcg@10"],
         "mrr": report["mrr"],
+        **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
         "verify_ok": verification["ok"],
         "seconds_total": round(time.perf_counter() - start, 1),
         "seconds_training": round(trained - start, 1),
@@ -94,8 +96,8 @@ def _print_summary(summary: dict, out: Path, base: Path) -> None:
     print(
         f"""
 esr-tf demo finished in {summary["seconds_total"]:.0f} s (training {summary["seconds_training"]:.0f} s)
-  test macro-F1 {summary["macro_f1"]:.3f}  accuracy {summary["accuracy"]:.3f}
-  nDCG@10 {summary["ndcg@10"]:.3f}  MRR {summary["mrr"]:.3f}
+  test {format_intervals(summary, ("macro_f1", "accuracy"))}
+       {format_intervals(summary, ("ndcg@10", "mrr"))}
   model      {summary["model"]}
   metrics    {summary["metrics"]}
   plots      {", ".join(summary["plots"])}
