@@ -17,6 +17,15 @@ import keras
 from esr_tf.labels import LabelSet
 from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel
 from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
+from esr_tf.validation import (
+    ConfigError,
+    check_bool,
+    check_float,
+    check_int,
+    check_label_set,
+    check_str,
+    check_text_source,
+)
 
 # A random-init BERT small enough for tests (builds in about a second).
 TINY_TEXT = {
@@ -79,23 +88,33 @@ class ModelConfig:
     label_set: dict = field(default_factory=lambda: LabelSet().get_config())
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"model.fusion: {self.fusion!r} is not one of {FUSION_MODES}")
-        for name in (
-            "image_size",
-            "sequence_length",
-            "hidden_dim",
-            "num_heads",
-            "num_fusion_layers",
+        # Types and ranges, so that a bad value stops parse_config before any data is read.
+        self.text = check_text_source("model.text", self.text)
+        self.text_weights = check_str("model.text_weights", self.text_weights,
+                                      choices=("pretrained", "random"))
+        self.image = check_str("model.image", self.image)
+        if self.image_weights is not None:
+            self.image_weights = check_str("model.image_weights", self.image_weights)
+        check_str("model.fusion", self.fusion, choices=FUSION_MODES)
+        for name, low, high in (
+            ("image_size", 32, 1024),
+            ("sequence_length", 8, 4096),
+            ("hidden_dim", 1, 8192),
+            ("num_heads", 1, 256),
+            ("intermediate_dim", 1, 32768),
+            ("num_fusion_layers", 1, 32),
         ):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"model.{name}: must be a positive integer, got {getattr(self, name)!r}")
+            setattr(self, name, check_int(f"model.{name}", getattr(self, name), low=low, high=high))
         if self.hidden_dim % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"model.hidden_dim ({self.hidden_dim}) must be divisible by model.num_heads ({self.num_heads})"
             )
-        if not 0.0 <= float(self.modality_dropout) < 1.0:
-            raise ValueError(f"model.modality_dropout: must be in [0, 1), got {self.modality_dropout!r}")
+        for name in ("dropout", "modality_dropout"):
+            value = check_float(f"model.{name}", getattr(self, name), low=0, high=1, high_open=True)
+            setattr(self, name, value)
+        for name in ("text_self_attention", "freeze_text", "freeze_image"):
+            setattr(self, name, check_bool(f"model.{name}", getattr(self, name)))
+        self.label_set = check_label_set("model.label_set", self.label_set)
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -1,7 +1,14 @@
 """Training configuration as data: a YAML / JSON file, then `--set key=value` overrides.
 
 Every field has a documented default (see `TrainConfig`), so an empty file is a valid config.
-Unknown fields and bad values raise `ConfigError` naming the field, e.g. `model.fusion`.
+Unknown fields and bad values raise `ConfigError` naming the field, e.g. `model.fusion`, before
+any data is read: every field is type-checked (a string is a string, `epochs: true` is not 1),
+numbers must be finite and in range, and dict fields take known keys only.
+
+YAML is read with YAML 1.2 scalars: only `true` / `false` are booleans (so
+`mixed_precision: off` is the string "off"), integers are decimal (`0x10` is refused, `010` is
+10). A config file is at most 64 KiB and at most 10,000 values deep-counted, which also stops
+YAML alias bombs. A `--set` value for a string field is taken as written (`--set out_dir=123`).
 
 Example:
 >>> cfg = parse_config({"epochs": 3, "model": {"fusion": "concat"}}, ["batch_size=16"])
@@ -13,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +30,18 @@ from typing import Any
 import yaml
 
 from esr_tf.models.builder import ModelConfig
+from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
+
+__all__ = ["ConfigError", "TrainConfig", "parse_config"]
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 LOSSES = ("crossentropy", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
-
-
-class ConfigError(ValueError):
-    """A bad training configuration; the message names the field."""
+DEMO_SIZES = ("tiny", "small", "default", "large")
+MIXED_PRECISION = ("auto", "on", "off")
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_VALUES = 10_000  # values counted through YAML aliases, so alias bombs stop here
+MAX_CONFIG_DEPTH = 16
 
 
 @dataclass
@@ -83,97 +97,190 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("class_weights", self.class_weights, CLASS_WEIGHTS)
-        _check_choice("strategy", self.strategy, STRATEGIES)
-        _check_choice("mixed_precision", self.mixed_precision, ("auto", "on", "off"))
-        _check_choice("missing_images", self.missing_images, ("error", "no_image"))
-        for name in ("epochs", "batch_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(
-                    f"{name}: must be a positive integer, got {getattr(self, name)!r}"
-                )
-        if not float(self.learning_rate) > 0:
-            raise ConfigError(f"learning_rate: must be > 0, got {self.learning_rate!r}")
-        if not 0.0 <= float(self.hide_colour_rate) <= 1.0:
-            raise ConfigError(f"hide_colour_rate: must be in [0, 1], got {self.hide_colour_rate!r}")
-        if not 0.0 <= float(self.warmup_fraction) < 1.0:
-            raise ConfigError(f"warmup_fraction: must be in [0, 1), got {self.warmup_fraction!r}")
+        if isinstance(self.mixed_precision, bool):  # YAML 1.1 / JSON spellings of on / off
+            self.mixed_precision = "on" if self.mixed_precision else "off"
+        for name, choices in (
+            ("demo_size", DEMO_SIZES),
+            ("missing_images", ("error", "no_image")),
+            ("loss", LOSSES),
+            ("class_weights", CLASS_WEIGHTS),
+            ("mixed_precision", MIXED_PRECISION),
+            ("strategy", STRATEGIES),
+        ):
+            check_str(name, getattr(self, name), choices=choices)
+        self.data = check_str("data", self.data)
+        self.out_dir = check_str("out_dir", self.out_dir)
+        self.seed = check_int("seed", self.seed, low=0, high=2**32 - 1)
+        self.epochs = check_int("epochs", self.epochs, low=1, high=100_000)
+        self.batch_size = check_int("batch_size", self.batch_size, low=1, high=65_536)
+        self.early_stopping_patience = check_int(
+            "early_stopping_patience", self.early_stopping_patience, low=0, high=100_000
+        )
+        self.learning_rate = check_float("learning_rate", self.learning_rate, low=0, low_open=True)
+        self.warmup_fraction = check_float(
+            "warmup_fraction", self.warmup_fraction, low=0, high=1, high_open=True
+        )
+        self.weight_decay = check_float("weight_decay", self.weight_decay, low=0)
+        self.focal_gamma = check_float("focal_gamma", self.focal_gamma, low=0, high=100)
+        self.label_smoothing = check_float(
+            "label_smoothing", self.label_smoothing, low=0, high=1, high_open=True
+        )
+        self.hide_colour_rate = check_float("hide_colour_rate", self.hide_colour_rate, low=0, high=1)
+        self.cache_features = check_bool("cache_features", self.cache_features)
+        self.deterministic = check_bool("deterministic", self.deterministic)
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model: expected a ModelConfig, got {type(self.model).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}: {value!r} is not one of {choices}")
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core-schema scalars: booleans are true / false only, integers
+    decimal only, no timestamps; everything else that is not a number is a string."""
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """Converts a YAML / CLI value to the type of the field's default, naming the field on error."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes", "on"):
-            return True
-        if str(value).lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if isinstance(default, int) and not isinstance(default, bool):
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}") from None
-    if isinstance(default, float):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    return value
+_DROPPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+            "tag:yaml.org,2002:timestamp"}
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _DROPPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
+)
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+# Decimal, even with a leading 0 (YAML 1.1 reads 010 as octal 8).
+_Yaml12Loader.add_constructor(
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node))
+)
 
 
-def _build(cls, values: dict[str, Any], prefix: str = ""):
+def load_yaml(text: str) -> Any:
+    """YAML 1.2 scalars (see `_Yaml12Loader`): `load_yaml("a: off")` is `{"a": "off"}`."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A `--set` value as typed: parsed by the type of the field it lands in."""
+
+    raw: str
+
+
+def _plain(tree: Any, where: str = "config") -> Any:
+    """A copy made of dicts, lists and scalars, refusing more than `MAX_CONFIG_VALUES` values
+    (counted through shared references, so YAML aliases cannot multiply them) or nesting deeper
+    than `MAX_CONFIG_DEPTH`."""
+    budget = [MAX_CONFIG_VALUES]
+
+    def copy(node: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{where}: more than {MAX_CONFIG_VALUES:,} values or nested deeper than "
+                f"{MAX_CONFIG_DEPTH} (YAML aliases expanding?)"
+            )
+        if isinstance(node, dict):
+            return {copy(k, depth + 1): copy(v, depth + 1) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [copy(v, depth + 1) for v in node]
+        if isinstance(node, os.PathLike):
+            return os.fspath(node)
+        if node is None or isinstance(node, str | int | float | bool | _Override):
+            return node
+        raise ConfigError(f"{where}: unsupported value of type {type(node).__name__}")
+
+    return copy(tree, 0)
+
+
+def _resolve(value: Any, hint: Any) -> Any:
+    """Replaces `_Override`s by values: the text itself for a string field, else parsed YAML."""
+    if isinstance(value, dict):
+        return {k: _resolve(v, None) for k, v in value.items()}
+    if not isinstance(value, _Override):
+        return value
+    if hint is str:
+        return value.raw
+    try:
+        parsed = load_yaml(value.raw)  # "3" -> 3, "true" -> True, "[1, 2]" -> list
+    except yaml.YAMLError:
+        return value.raw
+    if str in typing.get_args(hint):  # str | dict, str | None: text as written, else the value
+        return value.raw if isinstance(parsed, str) else _plain(parsed)
+    return value.raw if parsed is None else _plain(parsed)
+
+
+def _build(cls, values: Any, prefix: str = ""):
     if not isinstance(values, dict):
         raise ConfigError(
             f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(values).__name__}"
         )
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    defaults = cls()
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(f"{name}: unknown field (known: {', '.join(sorted(fields))})")
-        default = getattr(defaults, key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value, f"{name}.")
-        elif isinstance(default, str | dict) or default is None:
-            kwargs[key] = value
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            section = _resolve(value, dict) if isinstance(value, _Override) else value
+            kwargs[key] = _build(hint, section, f"{name}.")
         else:
-            kwargs[key] = _coerce(name, value, default)
+            kwargs[key] = _resolve(value, hint)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except ValueError as error:
+    except (TypeError, ValueError) as error:
         message = str(error)
         raise ConfigError(message if message.startswith(prefix) else f"{prefix}{message}") from None
 
 
 def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
     keys = dotted.split(".")
+    if not all(k.strip() for k in keys):
+        raise ConfigError(f"override {dotted!r}: empty field name")
     node = tree
     for key in keys[:-1]:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"{dotted}: {key} is not a section")
+    node[keys[-1]] = _Override(raw)
+
+
+def _read_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB")
+    data = path.read_bytes()
     try:
-        value = yaml.safe_load(raw)  # "3" -> 3, "true" -> True, "[1, 2]" -> list
-    except yaml.YAMLError:
-        value = raw
-    node[keys[-1]] = raw if value is None else value
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        tree = json.loads(text) if kind == "JSON" else load_yaml(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: not valid {kind}: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+    if tree is not None and not isinstance(tree, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of fields (e.g. 'epochs: 3'), got {type(tree).__name__}"
+        )
+    return _plain(tree or {}, str(path))
 
 
 def parse_config(
@@ -181,20 +288,11 @@ def parse_config(
 ) -> TrainConfig:
     """Builds a `TrainConfig` from a YAML / JSON file or dict plus `key=value` overrides."""
     if source is None:
-        tree: dict[str, Any] = {}
+        tree: Any = {}
     elif isinstance(source, dict):
-        tree = json.loads(json.dumps(source))
+        tree = _plain(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-        try:
-            tree = (json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)) or {}
-        except (json.JSONDecodeError, yaml.YAMLError) as error:
-            raise ConfigError(
-                f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {error}"
-            ) from None
+        tree = _read_file(Path(source))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. model.fusion=concat")
