@@ -248,7 +248,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from esr_tf.data import CatalogueError
+    from esr_tf.export.versions import ExportError
     from esr_tf.models.backbones.errors import WeightsNotInstalledError
+    from esr_tf.models.builder import ModelFileError
     from esr_tf.training.config import ConfigError
 
     try:
@@ -256,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     except (
         ConfigError,
         CatalogueError,
+        ExportError,
+        ModelFileError,
         WeightsNotInstalledError,
         FileExistsError,
         FileNotFoundError,

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,6 +24,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.export.versions import (  # noqa: F401  (next_version: re-exported)
+    check_model_name,
+    check_version,
+    export_lock,
+    next_version,
+    recover_versions,
+    swap_in,
+)
 from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
 
 REFERENCE_FILE = "esr_tf_reference.npz"
@@ -169,11 +176,6 @@ def _reference(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.
     return ref
 
 
-def next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def export_saved_model(
     model,
     base_dir: str | Path,
@@ -187,51 +189,55 @@ def export_saved_model(
     """Exports `model` to `<base_dir>/<model_name>/<version>/` atomically; returns that path.
 
     Args:
+        model_name: one folder name (`ExportError`, a `ValueError`, for a path such as `../x`).
         version: a positive integer; default the next one after the existing versions.
         overwrite: replace an existing version (refused otherwise: servers cache versions).
         warmup: raw inputs for warm-up requests (default `sample_inputs()`), at most 1000.
+
+    Exports into one model folder take turns (`versions.export_lock`), so parallel exports get
+    distinct versions, and repair what a killed one left (`versions.recover_versions`).
     """
-    model_dir = Path(base_dir) / model_name
+    model_dir = Path(base_dir) / check_model_name(model_name)
+    if version is not None:
+        version = check_version(version)
     model_dir.mkdir(parents=True, exist_ok=True)
-    version = next_version(model_dir) if version is None else int(version)
-    if version <= 0:
-        raise ValueError(f"version must be a positive integer, got {version}")
-    final = model_dir / str(version)
-    if final.exists() and not overwrite:
-        raise FileExistsError(
-            f"{final} already exists; pass overwrite=True (--overwrite) or a new --version"
-        )
-    # A dot-prefixed sibling: same filesystem (atomic rename) and not a number, so TF Serving's
-    # version policy never picks it up.
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
-    try:
-        signatures = build_signatures(model)
-        archive = build_archive(model, signatures)
-        target = staging / "export"
-        archive.write_out(str(target), verbose=False)
-        extra = target / "assets.extra"
-        extra.mkdir(exist_ok=True)
-        samples = warmup if warmup is not None else sample_inputs()
-        n = min(num_warmup_records, len(samples["query"]))
-        records = warmup_records(
-            list(samples["query"][:n]),
-            list(samples["title"][:n]),
-            list(samples["image"][:n]),
-            model_name=model_name,
-        )
-        write_warmup_file(extra / WARMUP_FILE_NAME, records)
-        np.savez(extra / REFERENCE_FILE, **_reference(signatures, sample_inputs()))
-        trash = None
-        if final.exists():
-            # Swap by two renames, then delete: the version is missing only between the renames.
-            trash = model_dir / f".{version}.old-{os.getpid()}"
-            final.rename(trash)
-        target.rename(final)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with export_lock(model_dir):
+        recover_versions(model_dir)
+        version = next_version(model_dir) if version is None else version
+        final = model_dir / str(version)
+        if final.exists() and not overwrite:
+            raise FileExistsError(
+                f"{final} already exists; pass overwrite=True (--overwrite) or a new --version"
+            )
+        # A dot-prefixed sibling: same filesystem (atomic rename) and not a number, so TF
+        # Serving's version policy never picks it up.
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
+        try:
+            target = staging / "export"
+            _write_export(model, target, model_name, warmup, num_warmup_records)
+            swap_in(target, final, overwrite=overwrite)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _write_export(model, target: Path, model_name: str, warmup, num_warmup_records: int) -> None:
+    """The SavedModel plus `assets.extra/` (warm-up requests, reference outputs) at `target`."""
+    signatures = build_signatures(model)
+    archive = build_archive(model, signatures)
+    archive.write_out(str(target), verbose=False)
+    extra = target / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    samples = warmup if warmup is not None else sample_inputs()
+    n = min(num_warmup_records, len(samples["query"]))
+    records = warmup_records(
+        list(samples["query"][:n]),
+        list(samples["title"][:n]),
+        list(samples["image"][:n]),
+        model_name=model_name,
+    )
+    write_warmup_file(extra / WARMUP_FILE_NAME, records)
+    np.savez(extra / REFERENCE_FILE, **_reference(signatures, sample_inputs()))
 
 
 def list_ops(export_dir: str | Path) -> set[str]:

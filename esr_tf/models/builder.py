@@ -9,6 +9,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,8 +188,65 @@ def build_relevance_model(config: ModelConfig | None = None, **overrides) -> Rel
     )
 
 
+class ModelFileError(ValueError):
+    """A file that is not a loadable esr_tf model (`.keras` archive); the message says why."""
+
+
+_REGISTERED_NAME = "esr_tf>RelevanceModel"  # keras.saving.get_registered_name(RelevanceModel)
+# What a few first bytes show, for a refused file's message.
+_MAGIC = {b"\x89HDF": "an HDF5 file (Keras 2 .h5 / a bare weights file)", b"\x80": "a Python pickle",
+          b"\x08\x01": "a protocol buffer (a SavedModel's saved_model.pb?)", b"{": "JSON text"}
+
+
+def check_model_file(path: Path) -> None:
+    """Raises unless `path` is a complete `.keras` archive of an esr_tf `RelevanceModel`.
+
+    Reads the zip directory, checks every member's CRC and reads `config.json`; nothing is
+    unpickled or deserialised. `FileNotFoundError` when nothing is there, else `ModelFileError`.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path} (expected a .keras file from `esr-tf train`)")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder, not a .keras file (pass the model.keras that `esr-tf train` wrote)")
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes), not a .keras file; was it written completely?")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head.startswith(b"PK"):
+            raise ModelFileError(f"{path} is a truncated or damaged .keras archive ({size} bytes, the zip's "
+                                 "directory at its end is missing); was it written completely?")
+        kind = next((what for magic, what in _MAGIC.items() if head.startswith(magic)), "")
+        raise ModelFileError(f"{path} is not a .keras archive (a zip file): it starts with {head!r}"
+                             + (f", like {kind}" if kind else "") + "; refused without reading further")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            names = set(archive.namelist())
+            config = json.loads(archive.read("config.json")) if "config.json" in names else None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
+        raise ModelFileError(f"{path} is a damaged .keras archive ({e})") from None
+    if damaged is not None:
+        raise ModelFileError(f"{path} is a damaged .keras archive: member {damaged!r} fails its CRC check")
+    if not isinstance(config, dict) or not names & {"model.weights.h5", "model.weights.npz"}:
+        raise ModelFileError(f"{path} is a zip file but not a Keras model archive (no config.json and "
+                             f"model.weights.h5; it holds {', '.join(sorted(names)[:5]) or 'nothing'})")
+    if config.get("registered_name") != _REGISTERED_NAME:
+        raise ModelFileError(f"{path} holds a Keras model of class {config.get('class_name')!r}, not an esr_tf "
+                             "RelevanceModel (train one with `esr-tf train`)")
+
+
 def load_model(path: str | Path) -> RelevanceModel:
-    """Loads a `.keras` file written by `train` / `model.save`, registering esr_tf's classes."""
+    """Loads a `.keras` file written by `train` / `model.save`, registering esr_tf's classes.
+
+    `ModelFileError` (a `ValueError`) says why a file is refused: empty, not a zip, truncated,
+    not a Keras archive, another kind of Keras model, or weights Keras cannot read.
+
+    Example:
+    >>> load_model("notes.txt")  # doctest: +SKIP
+    ModelFileError: notes.txt is not a .keras archive (a zip file): it starts with b'hello'; ...
+    """
     # Imported for their `register_keras_serializable` side effects.
     import esr_tf.models.backbones.efficientnet_lite  # noqa: F401
     import esr_tf.models.backbones.exact_gelu_bert  # noqa: F401
@@ -194,6 +254,12 @@ def load_model(path: str | Path) -> RelevanceModel:
     import esr_tf.training.losses  # noqa: F401
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path} (expected a .keras file from `esr-tf train`)")
-    return keras.saving.load_model(path, compile=False)
+    check_model_file(path)
+    try:  # safe_mode: no lambda / arbitrary code deserialised
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelFileError(f"{path}: Keras cannot load this model ({type(e).__name__}: {first[:300]})") from None
+    if not isinstance(model, RelevanceModel):
+        raise ModelFileError(f"{path} holds a {type(model).__name__}, not an esr_tf RelevanceModel")
+    return model

@@ -18,6 +18,7 @@ import pytest
 from reliability.helpers import start_python, tail, wait_for
 
 from esr_tf.export.saved_model import export_saved_model, next_version
+from esr_tf.export.versions import ExportError, export_lock, recover_versions
 
 # Real export of the trained tiny model; `write_out` is wrapped to hang once the SavedModel is
 # on disk, so the process is certainly still exporting when the parent kills it (the parent
@@ -101,6 +102,10 @@ def test_kill_during_export_leaves_no_partial_version(tiny_trained, tmp_path):
     # TF Serving ignores it (not a number), the next export makes a new one beside it.
     leftovers = sorted(p.name for p in model_dir.iterdir())
     assert len(leftovers) == 1 and leftovers[0].startswith(".1.partial-"), leftovers
+    # The next export (under the folder's lock, so nobody else is writing it) removes it.
+    with export_lock(model_dir):
+        assert recover_versions(model_dir) == [f"removed {leftovers[0]}"]
+    assert list(model_dir.iterdir()) == []
 
 
 def test_overwrite_true_replaces_the_version_and_leaves_nothing(tiny_export, tmp_path, monkeypatch):
@@ -161,3 +166,109 @@ def test_kill_during_overwrite_keeps_a_complete_version(tiny_export, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert (model_dir / "1" / "saved_model.pb").is_file(), sorted(os.listdir(model_dir))
+    assert (model_dir / "1" / "saved_model.pb").read_text() == "new"
+    with export_lock(model_dir):  # what the next export does first: drop the replaced copy
+        recover_versions(model_dir)
+    assert sorted(os.listdir(model_dir)) == ["1"]
+
+
+# --- several exporters, one model folder (issue #18, item 3) ------------------------------------
+
+# A stand-in archive whose write takes 3 s and records the exporting process, so that two exports
+# started together overlap; prints EXPORTED <path> or REFUSED <error>.
+PARALLEL_CHILD = r"""
+import os, pathlib, sys, time
+import esr_tf.export.saved_model as sm
+
+
+class Archive:
+    def write_out(self, filepath, **kwargs):
+        time.sleep(3)
+        (pathlib.Path(filepath) / "variables").mkdir(parents=True)
+        (pathlib.Path(filepath) / "saved_model.pb").write_text(f"pid {os.getpid()}")
+
+
+sm.build_signatures = lambda model: {}
+sm.build_archive = lambda model, signatures=None: Archive()
+sm._reference = lambda signatures, inputs: {}
+version = int(sys.argv[2]) if len(sys.argv) > 2 else None
+try:
+    path = sm.export_saved_model(None, sys.argv[1], model_name="esr", version=version)
+except FileExistsError as error:
+    print("REFUSED", error, flush=True)
+else:
+    print("EXPORTED", path, (path / "saved_model.pb").read_text(), flush=True)
+"""
+
+
+def _run_two(tmp_path, *args: str) -> list[str]:
+    base = tmp_path / "serving"
+    procs = [start_python(PARALLEL_CHILD, str(base), *args, log=tmp_path / f"{i}.log") for i in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    return [(tmp_path / f"{i}.log").read_text() for i in range(2)]
+
+
+@pytest.mark.slow
+def test_parallel_exports_get_distinct_complete_versions(tmp_path):
+    logs = _run_two(tmp_path)
+    model_dir = tmp_path / "serving" / "esr"
+    assert numeric_versions(model_dir) == ["1", "2"], logs
+    exported = sorted(line.split()[1] for log in logs for line in log.splitlines()
+                      if line.startswith("EXPORTED"))
+    assert exported == [str(model_dir / "1"), str(model_dir / "2")], logs
+    marks = {(model_dir / v / "saved_model.pb").read_text() for v in ("1", "2")}
+    assert len(marks) == 2  # each version holds its own exporter's files
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]
+
+
+@pytest.mark.slow
+def test_parallel_exports_of_one_version_refuse_the_later_one(tmp_path):
+    logs = _run_two(tmp_path, "1")
+    model_dir = tmp_path / "serving" / "esr"
+    outcomes = sorted(log.strip().splitlines()[-1].split()[0] for log in logs)
+    assert outcomes == ["EXPORTED", "REFUSED"], logs
+    winner = next(log for log in logs if "EXPORTED" in log).strip().splitlines()[-1]
+    assert winner.endswith((model_dir / "1" / "saved_model.pb").read_text())  # not replaced
+    assert "already exists" in next(log for log in logs if "REFUSED" in log)
+
+
+def test_kill_between_the_overwrite_renames_is_repaired_by_the_next_export(tiny_export, tmp_path,
+                                                                          monkeypatch):
+    """Killed after moving version 1 aside and before renaming the new one in: the next export
+    puts version 1 back (and removes a stale staging folder) before choosing its number."""
+    import esr_tf.export.saved_model as sm
+
+    model_dir = tmp_path / "serving" / "esr"
+    shutil.copytree(tiny_export, model_dir / ".1.old-999")
+    (model_dir / ".2.partial-x" / "export").mkdir(parents=True)
+
+    class Archive:
+        def write_out(self, filepath, **kwargs):
+            os.makedirs(os.path.join(filepath, "variables"))
+
+    monkeypatch.setattr(sm, "build_signatures", lambda model: {})
+    monkeypatch.setattr(sm, "build_archive", lambda model, signatures=None: Archive())
+    monkeypatch.setattr(sm, "_reference", lambda signatures, inputs: {})
+    assert export_saved_model(None, model_dir.parent, model_name="esr") == model_dir / "2"
+    assert sorted(os.listdir(model_dir)) == ["1", "2"]
+    assert (model_dir / "1" / "saved_model.pb").read_bytes() == (tiny_export / "saved_model.pb").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "/abs", "..", ".", "", " ", "a\\b", "x\0y"])
+def test_model_name_must_be_one_folder_name(tmp_path, name):
+    base = tmp_path / "base"
+    with pytest.raises(ExportError, match="must be one folder name"):
+        export_saved_model(None, base, model_name=name)
+    assert os.listdir(tmp_path) == []  # nothing written, not even <base>
+
+
+def test_cli_export_refuses_a_name_leading_out_of_base(tiny_trained, tmp_path, capsys):
+    from esr_tf.cli import main
+
+    base = tmp_path / "a" / "b" / "base"
+    code = main(["export", "--model", str(tiny_trained.model_path), "--base", str(base),
+                 "--name", "../../escaped", "--no-verify"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "'../../escaped' must be one folder name" in err and "\n" not in err, err
+    assert not (tmp_path / "a" / "escaped").exists() and not base.exists()
