@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,8 +82,23 @@ class Example:
 
 
 def normalize_query(query: str) -> str:
-    """Case-folded, whitespace-collapsed query text: the identity used for splits and ids."""
-    return " ".join(query.casefold().split())
+    """The query as the model's tokenizer reads it: the identity used for splits and ids.
+
+    KerasHub's BERT tokenizer (lowercase + strip_accents) decomposes (NFD) and drops combining
+    marks, case-folds with NFKC_Casefold (full-width letters become ASCII) and splits on
+    whitespace, control and format characters. Texts equal after that are one query, so they
+    can never land in two splits.
+
+    >>> normalize_query("Crème  Brûlée"), normalize_query("ＲＥＤ ＭＵＧ"), normalize_query("red\u200bmug")
+    ('creme brulee', 'red mug', 'red mug')
+    """
+    text = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", query))
+    text = "".join(
+        " " if unicodedata.category(c) in ("Cc", "Cf") else c
+        for c in text
+        if unicodedata.category(c) != "Mn"
+    )
+    return " ".join(unicodedata.normalize("NFKC", text.casefold()).split())
 
 
 def derive_query_id(query: str) -> str:
@@ -131,14 +147,19 @@ class TextFixer:
 
 
 class SplitGuard:
-    """Refuses a query (by normalised text or by id) that shows up in two splits."""
+    """Refuses a query (by normalised text or by id) that shows up in two splits, one
+    `query_id` given to two different queries (nDCG would pool their products), and ids that
+    differ only by Unicode normalisation (NFKC: full-width, composed vs decomposed accents)."""
 
     def __init__(self, file: str | Path, unit: str = "row"):
         self.file, self.unit = file, unit
         self._seen: dict[tuple[str, str], tuple[str, int]] = {}
+        self._queries: dict[str, tuple[str, str, int]] = {}  # id -> normalised, query, row
+        self._spellings: dict[str, tuple[str, int]] = {}  # NFKC id -> id as written, row
 
     def check(self, query: str, query_id: str, split: str, row: int) -> None:
-        for key in (("query", normalize_query(query)), ("query_id", query_id)):
+        text = normalize_query(query)
+        for key in (("query", text), ("query_id", query_id)):
             first = self._seen.setdefault(key, (split, row))
             if first[0] != split:
                 raise CatalogueError(
@@ -146,6 +167,25 @@ class SplitGuard:
                     f"split {split!r} here but in {first[0]!r} at {self.unit} {first[1]} "
                     "(a query must stay in one split)"
                 )
+        self._check_id(query, text, query_id, row)
+
+    def _check_id(self, query: str, text: str, query_id: str, row: int) -> None:
+        where = locate(self.file, row, "query_id", unit=self.unit)
+        written, first_row = self._spellings.setdefault(
+            unicodedata.normalize("NFKC", query_id), (query_id, row)
+        )
+        if written != query_id:
+            raise CatalogueError(
+                f"{where}: query_id {query_id!r} differs from {written!r} at {self.unit} "
+                f"{first_row} only by Unicode normalisation (NFKC); write the id one way"
+            )
+        first_text, first_query, first_row = self._queries.setdefault(query_id, (text, query, row))
+        if first_text != text:
+            raise CatalogueError(
+                f"{where}: query_id {query_id!r} is given to query {query!r} here and to "
+                f"{first_query!r} at {self.unit} {first_row} (one id must be one query: nDCG "
+                "would pool their products)"
+            )
 
 
 def check_missing_images(value: str) -> str:
