@@ -195,6 +195,7 @@ class BackboneFeatures:
         sample_weights: np.ndarray | None = None,
         with_labels: bool = True,
         gains: tuple[float, ...] = (1.0, 0.1, 0.01, 0.0),
+        drop_remainder: bool = False,
     ) -> tf.data.Dataset:
         """Batches of `head_model()` inputs with `targets()` (and optional sample weights)."""
         x = {
@@ -224,4 +225,5 @@ class BackboneFeatures:
             x["feature_map"] = tf.gather(table, x.pop("image_index"))
             return (x, *rest)
 
-        return ds.batch(batch_size).map(gather, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        return ds.map(gather, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -155,6 +155,26 @@ def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mappin
     return True
 
 
+def validation_batch_size(examples: int, batch_size: int, strategy: tf.distribute.Strategy) -> int:
+    """The validation batch: `batch_size`, but under multi-worker a size that every replica gets
+    a non-empty share of, since the remainder is dropped there.
+
+    Training repeats before batching, so its batches are always full. A last partial validation
+    batch would leave some workers an empty share: the image backbone must never see an empty
+    batch (see `esr_tf.upstream`), and workers would not step alike. Dropping it leaves at most
+    `batch - 1` examples out of `val_loss` (logged); the test metrics are computed separately.
+    """
+    if not is_multi_worker(strategy):
+        return batch_size
+    replicas = strategy.num_replicas_in_sync
+    batch = max(replicas, min(batch_size, examples) // replicas * replicas)
+    if examples < batch:
+        raise TrainingError(f"multiworker: the valid split has {examples} examples, fewer than the {replicas} replicas")
+    if examples % batch:
+        log.info("multiworker: val_loss leaves out the last %d of %d valid examples", examples % batch, examples)
+    return batch
+
+
 def _set_precision(config: TrainConfig) -> None:
     gpu = bool(tf.config.list_physical_devices("GPU"))
     use = config.mixed_precision == "on" or (config.mixed_precision == "auto" and gpu)
@@ -182,7 +202,8 @@ def train(
     # distribute: non-chief workers write their (identical) files to a folder of their own.
     config = replace(config, out_dir=str(worker_out_dir(config.out_dir, strategy)))
     # distribute: workers shard the data by element, so all must see the same order.
-    same_order = config.deterministic or is_multi_worker(strategy)
+    multi = is_multi_worker(strategy)
+    same_order = config.deterministic or multi
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -224,6 +245,7 @@ def train(
         # distribute: every worker computes all features itself (no per-batch gathers).
         with local_predict(model.text_encoder, model.image_encoder):
             features = BackboneFeatures.compute_parts(model, parts)
+    valid_batch = validation_batch_size(len(valid_cols["label"]), config.batch_size, strategy)
     if use_cache:
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(
@@ -234,7 +256,7 @@ def train(
             sample_weights=weights[train_feats.labels],
             gains=gains,
         )
-        valid_ds = valid_feats.dataset(batch_size=config.batch_size, gains=gains)
+        valid_ds = valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
     else:
         train_ds = make_dataset(
             train_cols,
@@ -255,7 +277,8 @@ def train(
         valid_ds = make_dataset(
             valid_cols,
             model.preprocessor,
-            batch_size=config.batch_size,
+            batch_size=valid_batch,
+            drop_remainder=multi,
             cache=True,
             deterministic=same_order,
         ).map(lambda x, y: (x, targets(y, gains)))

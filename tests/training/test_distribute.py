@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,10 @@ import pytest
 
 from esr_tf.training import distribute
 
-_WORKER_TIMEOUT_S = 900  # a hang (e.g. a collective one worker never joins) must not block CI
+_WORKER_TIMEOUT_S = 600  # a hang (e.g. a collective one worker never joins) must not block CI
+# Once a worker has died, how long the others get to finish before they are killed: a worker
+# left waiting on a collective of the dead one would otherwise hang until the timeout.
+_GRACE_AFTER_DEATH_S = 15
 
 # Runs train() for each entry of spec["runs"] and prints one RESULT line per run.
 _TRAIN_SCRIPT = r"""
@@ -42,8 +46,8 @@ for run in spec["runs"]:
     try:
         result = train(parse_config(base, run["overrides"]), verbose=0)
     except Exception:
-        print("RESULT " + json.dumps({"name": run["name"], "error": traceback.format_exc()}))
-        break
+        print("RESULT " + json.dumps({"name": run["name"], "error": traceback.format_exc()}), flush=True)
+        os._exit(3)  # at once: the other workers must not wait on this one's collectives
     weights, spread, replicas = {}, 0.0, 1
     for i, v in enumerate(result.model.weights):
         weights[f"{i:03d} {v.path}"] = np.asarray(v)
@@ -127,15 +131,16 @@ def _run(script: str, args: list[str], folder: Path, workers: int) -> list[list[
             cmd = [sys.executable, str(path), *args]
             procs.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, env=env))
     try:
-        for proc in procs:
-            proc.wait(timeout=_WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        pass
+        dead = _wait(procs)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()  # SIGKILL: MWMS catches SIGTERM for preemption handling
                 proc.wait()
+    if dead is not None:
+        index, code = dead
+        text = logs[index].read_text(errors="replace")
+        raise AssertionError(f"worker {index} exited with {code}; its log ends with:\n{text[-3000:]}")
     results = []
     for log in logs:
         text = log.read_text(errors="replace")
@@ -143,6 +148,25 @@ def _run(script: str, args: list[str], folder: Path, workers: int) -> list[list[
         assert lines, f"{log.name} printed no result; its log ends with:\n{text[-3000:]}"
         results.append(lines)
     return results
+
+
+def _wait(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """Waits for every worker; returns `(index, exit code)` of the first that failed, if any.
+
+    A failed worker's peers get `_GRACE_AFTER_DEATH_S` to finish, then are killed by the caller.
+    """
+    start, died_at, dead = time.monotonic(), None, None
+    while time.monotonic() - start < _WORKER_TIMEOUT_S:
+        codes = [proc.poll() for proc in procs]
+        for index, code in enumerate(codes):
+            if code not in (None, 0) and dead is None:
+                dead, died_at = (index, code), time.monotonic()
+        if all(code is not None for code in codes):
+            break
+        if died_at is not None and time.monotonic() - died_at > _GRACE_AFTER_DEATH_S:
+            break
+        time.sleep(0.5)
+    return dead
 
 
 def _weights(path) -> dict[str, np.ndarray]:
@@ -236,6 +260,43 @@ def test_upstream_keras_still_needs_the_workarounds(tmp_path):
         assert "error" not in patched, patched["error"]
     (first,), (second,) = workers
     assert first["all"] == second["all"]  # same loss and weights on both workers
+
+
+# Worker 1 dies right after joining the cluster; worker 0 then waits on a collective forever.
+_DYING_WORKER_SCRIPT = r"""
+import json, os, sys
+import tensorflow as tf
+from esr_tf.training.distribute import make_strategy
+strategy = make_strategy("multiworker")
+if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+    print("worker 1: simulated failure", flush=True)
+    os._exit(3)
+strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+print("RESULT {}", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_worker_fails_the_run_within_a_minute(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(AssertionError, match="worker 1 exited with 3(.|\n)*simulated failure"):
+        _run(_DYING_WORKER_SCRIPT, [], tmp_path, workers=2)
+    assert time.monotonic() - start < 60 + _GRACE_AFTER_DEATH_S
+
+
+def test_multiworker_validation_batch_gives_every_replica_rows(monkeypatch):
+    from esr_tf.training import trainer
+
+    class TwoWorkers:  # what validation_batch_size reads of a MultiWorkerMirroredStrategy
+        num_replicas_in_sync = 2
+
+    assert trainer.validation_batch_size(9, 8, distribute.make_strategy("default")) == 8
+    monkeypatch.setattr(trainer, "is_multi_worker", lambda strategy: True)
+    assert trainer.validation_batch_size(9, 8, TwoWorkers()) == 8  # 1 example left out, no empty share
+    assert trainer.validation_batch_size(5, 8, TwoWorkers()) == 4
+    assert trainer.validation_batch_size(2, 8, TwoWorkers()) == 2
+    with pytest.raises(trainer.TrainingError, match="fewer than the 2 replicas"):
+        trainer.validation_batch_size(1, 8, TwoWorkers())
 
 
 @pytest.fixture(scope="module")
