@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from esr_tf.export.saved_model import EXPECTED_TF_TEXT_OPS, REFERENCE_FILE, list_ops
+from esr_tf.export.versions import export_lock, recover_versions
 
 _CHILD = Path(__file__).with_name("verify_child.py")
 _NOT_STOCK = (
@@ -106,6 +107,8 @@ def _cpp_check(export_dir: Path) -> dict:
 def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
     """Runs all checks; `report["ok"]` is the overall verdict."""
     export_dir = Path(export_dir)
+    if not export_dir.exists() and export_dir.parent.is_dir():
+        _recover(export_dir.parent)  # killed in the middle of an overwrite: put version N back
     if not (export_dir / "saved_model.pb").is_file():
         raise FileNotFoundError(
             f"{export_dir} holds no saved_model.pb (pass <base>/<name>/<version>)"
@@ -142,6 +145,13 @@ def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
         part.get("ok", False) for key, part in report.items() if isinstance(part, dict)
     )
     return report
+
+
+def _recover(model_dir: Path) -> None:
+    """`recover_versions`, unless an export is running there (it repairs on its own start)."""
+    with export_lock(model_dir, wait=False) as held:
+        if held:
+            recover_versions(model_dir)
 
 
 def format_report(report: dict) -> str:

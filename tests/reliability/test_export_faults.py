@@ -272,3 +272,14 @@ def test_cli_export_refuses_a_name_leading_out_of_base(tiny_trained, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert code == 2 and "'../../escaped' must be one folder name" in err and "\n" not in err, err
     assert not (tmp_path / "a" / "escaped").exists() and not base.exists()
+
+
+@pytest.mark.slow
+def test_verify_puts_back_a_version_left_aside_by_a_killed_overwrite(tiny_export, tmp_path):
+    from esr_tf.export.verify import verify_export
+
+    model_dir = tmp_path / "serving" / "esr"
+    shutil.copytree(tiny_export, model_dir / ".1.old-999")
+    report = verify_export(model_dir / "1", cpp=False)
+    assert report["ok"], report
+    assert sorted(os.listdir(model_dir)) == ["1"]
