@@ -35,6 +35,10 @@ from esr_tf.export.versions import (  # noqa: F401  (next_version: re-exported)
 from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
 
 REFERENCE_FILE = "esr_tf_reference.npz"
+# Rows one request may hold. Work and memory grow with the rows (a decoded photo alone is
+# 300 KB at 160 px), so a bigger request is refused, not left to exhaust the server; TF Serving's
+# batching (export/batching_parameters.txt) merges requests into batches of at most 64.
+MAX_REQUEST_ROWS = 1024
 # TF-Text ops the export may contain: all bundled with TF Serving 2.13+ (TF-Text 2.12.1).
 # `RoundRobinTrim` is not (TF Serving <= 2.19), hence waterfall truncation in the preprocessor.
 EXPECTED_TF_TEXT_OPS = frozenset(
@@ -50,6 +54,27 @@ def _outputs(model, probabilities: tf.Tensor, score: tf.Tensor) -> dict[str, tf.
         "label": label,
         "score": tf.cast(score, tf.float32),
     }
+
+
+def _check_request(*inputs: tf.Tensor) -> list[tf.Tensor]:
+    """`inputs`, usable only once the request passed the `MAX_REQUEST_ROWS` check
+    (InvalidArgumentError otherwise), so that no decoding starts before it."""
+    check = tf.debugging.assert_less_equal(
+        tf.shape(inputs[0])[0],
+        MAX_REQUEST_ROWS,
+        message=f"request refused: more than {MAX_REQUEST_ROWS} rows (MAX_REQUEST_ROWS); split it",
+    )
+    with tf.control_dependencies([check]):
+        return [tf.identity(x) for x in inputs]
+
+
+def _check_image_features(image_tokens: tf.Tensor, has_image: tf.Tensor) -> tf.Tensor:
+    """`image_tokens` as given, after refusing non-finite tokens and `has_image` not in {0, 1}."""
+    binary = tf.reduce_all(tf.logical_or(tf.equal(has_image, 0.0), tf.equal(has_image, 1.0)))
+    tf.debugging.Assert(binary, ["score_with_image_features: has_image must be 0 or 1 (from embed_images)"])
+    return tf.debugging.assert_all_finite(
+        image_tokens, "score_with_image_features: image_tokens must be finite (from embed_images)"
+    )
 
 
 def build_signatures(model) -> dict:
@@ -70,9 +95,14 @@ def build_signatures(model) -> dict:
         images, has_image = pre.image_decoder(image)
         if model.fusion == "text_only":
             return tf.zeros([tf.shape(image)[0], 1, 1]), has_image
-        return model.image_projector(
-            model.image_encoder(images, training=False), training=False
-        ), has_image
+
+        def encode():
+            return tf.cast(model.encode_images(images, has_image, training=False), tf.float32)
+
+        def no_photo():  # the whole request has no photo (or no row): skip the backbone
+            return tf.zeros([tf.shape(image)[0], *token_shape[1:]])
+
+        return tf.cond(tf.reduce_any(has_image > 0), encode, no_photo), has_image
 
     def score(query, title, tokens, has_image):
         packed = pre.tokenize(query, title)
@@ -92,11 +122,13 @@ def build_signatures(model) -> dict:
 
     @tf.function(input_signature=[text_spec, text_spec, text_spec])
     def serving_default(query, title, image):
+        query, title, image = _check_request(query, title, image)
         tokens, has_image = image_tokens(image)
         return score(query, title, tokens, has_image)
 
     @tf.function(input_signature=[text_spec])
     def embed_images(image):
+        (image,) = _check_request(image)
         tokens, has_image = image_tokens(image)
         return {"image_tokens": tf.cast(tokens, tf.float32), "has_image": has_image}
 
@@ -109,7 +141,8 @@ def build_signatures(model) -> dict:
         ]
     )
     def score_with_image_features(query, title, image_tokens, has_image):
-        return score(query, title, image_tokens, has_image)
+        query, title, image_tokens, has_image = _check_request(query, title, image_tokens, has_image)
+        return score(query, title, _check_image_features(image_tokens, has_image), has_image)
 
     return {
         "serving_default": serving_default,

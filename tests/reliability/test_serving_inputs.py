@@ -96,6 +96,82 @@ def test_empty_batch_gives_empty_result(loaded):
     assert out["probabilities"].shape == (0, 4) and out["label"].shape == (0,)
 
 
+def test_batch_without_any_photo_gives_a_result(loaded):
+    assert_valid(serve(loaded, ["red"] * 3, ["Red mug"] * 3, [b""] * 3), 3)
+    emb = loaded.signatures["embed_images"](image=tf.constant([b"", b""]))
+    assert emb["has_image"].numpy().tolist() == [0.0, 0.0] and not emb["image_tokens"].numpy().any()
+
+
+def test_request_over_the_row_limit_is_invalid_argument(loaded):
+    from esr_tf.export.saved_model import MAX_REQUEST_ROWS
+
+    rows = [""] * (MAX_REQUEST_ROWS + 1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_REQUEST_ROWS"):
+        serve(loaded, rows, rows, rows)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="MAX_REQUEST_ROWS"):
+        loaded.signatures["embed_images"](image=tf.constant(rows))
+
+
+def _score_with(loaded, tokens, has_image):
+    return loaded.signatures["score_with_image_features"](
+        query=tf.constant(["red"] * len(has_image)), title=tf.constant(["Red mug"] * len(has_image)),
+        image_tokens=tf.constant(tokens, tf.float32), has_image=tf.constant(has_image, tf.float32),
+    )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_image_tokens_are_invalid_argument(loaded, bad):
+    tokens = loaded.signatures["embed_images"](image=tf.constant([encode(fmt="PNG")]))["image_tokens"].numpy()
+    assert np.isfinite(_score_with(loaded, tokens, [1.0])["probabilities"].numpy()).all()
+    tokens[0, 0, 0] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_tokens must be finite"):
+        _score_with(loaded, tokens, [1.0])
+
+
+@pytest.mark.parametrize("has_image", [np.nan, 5.0, -3.0, 0.5])
+def test_has_image_outside_0_and_1_is_invalid_argument(loaded, has_image):
+    tokens = loaded.signatures["embed_images"](image=tf.constant([b""]))["image_tokens"].numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="has_image must be 0 or 1"):
+        _score_with(loaded, tokens, [has_image])
+
+
+ONEDNN_OFF_CHILD = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+
+loaded = tf.saved_model.load(sys.argv[1])
+serve = loaded.signatures["serving_default"]
+images = [bytes.fromhex(x) for x in json.loads(sys.argv[2])]
+n = len(images)
+out = serve(query=tf.constant(["red"] * n), title=tf.constant(["Red mug"] * n), image=tf.constant(images))
+empty = serve(query=tf.constant([], tf.string), title=tf.constant([], tf.string), image=tf.constant([], tf.string))
+print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
+                  "empty_shape": list(empty["probabilities"].shape)}))
+"""
+
+
+@pytest.mark.slow
+def test_onednn_off_path_gives_the_same_results(loaded, tiny_export):
+    """The other CPU code path (TF_ENABLE_ONEDNN_OPTS=0) answers empty and mixed batches alike."""
+    import subprocess
+    import sys
+
+    from reliability.helpers import child_env
+
+    images = [b"", encode(fmt="PNG"), encode(fmt="JPEG"), b""]
+    child = subprocess.run(
+        [sys.executable, "-c", ONEDNN_OFF_CHILD, str(tiny_export), json.dumps([x.hex() for x in images])],
+        capture_output=True, text=True, timeout=300, env=child_env(TF_ENABLE_ONEDNN_OPTS="0"),
+    )
+    assert child.returncode == 0, tail(child.stderr)
+    report = last_json_line(child.stdout)
+    assert report["empty_shape"] == [0, 4]
+    here = serve(loaded, ["red"] * 4, ["Red mug"] * 4, images)["probabilities"]
+    np.testing.assert_allclose(np.array(report["probabilities"]), here, rtol=0, atol=1e-4)
+
+
 def test_mismatched_batch_lengths_are_invalid_argument(loaded):
     with pytest.raises(tf.errors.InvalidArgumentError):
         serve(loaded, ["a", "b"], ["a"], [b"", b""])
