@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
+
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML or JSON file (see README, 'Configuration reference')")
@@ -73,6 +75,7 @@ def cmd_demo(args) -> int:
         random_init=args.random_init,
         overrides=args.set,
         cpp=not args.no_cpp,
+        verbose=fit_verbose(),
     )
     return 0 if summary["verify_ok"] else 1
 
@@ -83,7 +86,7 @@ def cmd_train(args) -> int:
     from esr_tf.training.trainer import train
 
     config = _config(args)
-    result = train(config, overwrite=args.overwrite)
+    result = train(config, overwrite=args.overwrite, verbose=fit_verbose())
     report = evaluate_model(
         result.model,
         result.catalogue,
@@ -98,7 +101,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from esr_tf.data import load_catalogue
+    from esr_tf.data import CatalogueError, load_catalogue
     from esr_tf.models.builder import load_model
     from esr_tf.training.evaluate import evaluate_model
     from esr_tf.training.metrics import INTERVAL_METRICS, format_intervals
@@ -107,6 +110,11 @@ def cmd_evaluate(args) -> int:
     catalogue = load_catalogue(
         args.data, missing_images=args.missing_images, label_set=model.label_set
     )
+    if not catalogue.select(args.split):
+        raise CatalogueError(
+            f"{args.data}: no examples in split {args.split!r} to evaluate "
+            f"(splits present: {', '.join(catalogue.splits()) or 'none'}; pick one with --split)"
+        )
     report = evaluate_model(model, catalogue, split=args.split, out_dir=args.out)
     keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr", "macro_labels")
     keys += tuple(f"{k}_ci95" for k in INTERVAL_METRICS)
@@ -193,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics.json and plots for a saved model")
     p.add_argument("--model", required=True, help="a .keras file")
     p.add_argument("--data", required=True, help="catalogue folder")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--out", default="esr_eval")
     p.add_argument("--missing-images", default="no_image", choices=("error", "no_image"))
     p.set_defaults(func=cmd_evaluate)
@@ -232,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.set_defaults(func=cmd_bench)
+    for p in sub.choices.values():
+        p.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help=f"show TensorFlow's start-up and runtime logs (also {VERBOSE_ENV}=1)",
+        )
     return parser
 
 
@@ -247,11 +262,15 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(verbose=args.verbose)
+    from google.protobuf.message import DecodeError
+
     from esr_tf.data import CatalogueError
     from esr_tf.export.versions import ExportError
     from esr_tf.models.backbones.errors import WeightsNotInstalledError
     from esr_tf.models.builder import ModelFileError
     from esr_tf.training.config import ConfigError
+    from esr_tf.training.trainer import TrainingError
 
     try:
         return int(args.func(args) or 0)
@@ -261,11 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         ExportError,
         ModelFileError,
         WeightsNotInstalledError,
+        TrainingError,
         FileExistsError,
         FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        PermissionError,
     ) as error:
-        print(f"esr-tf {args.command}: {error}", file=sys.stderr)
+        print(f"esr-tf {args.command}: {_one_line(error)}", file=sys.stderr)
         return 2
+    except DecodeError as error:  # verify of a saved_model.pb that is not a SavedModel
+        where = Path(getattr(args, "export_dir", "") or ".") / "saved_model.pb"
+        print(f"esr-tf {args.command}: {where} is not a valid SavedModel ({error})", file=sys.stderr)
+        return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The message on one line (an OSError's errno text and path included)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 if __name__ == "__main__":
