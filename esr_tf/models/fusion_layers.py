@@ -32,11 +32,13 @@ class ImagePatchTokens(keras.layers.Layer):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.colour_channels = int(colour_channels)
-        self.projection = keras.layers.Dense(self.hidden_dim, name="projection")
+        # Sublayers follow this layer's dtype policy (mixed precision), as KerasHub's layers do.
+        dtype = self.dtype_policy
+        self.projection = keras.layers.Dense(self.hidden_dim, name="projection", dtype=dtype)
         if self.colour_channels:
-            self.colour_hidden = keras.layers.Dense(64, activation="gelu", name="colour_hidden")
-            self.colour_projection = keras.layers.Dense(self.hidden_dim, name="colour_projection")
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+            self.colour_hidden = keras.layers.Dense(64, activation="gelu", name="colour_hidden", dtype=dtype)
+            self.colour_projection = keras.layers.Dense(self.hidden_dim, name="colour_projection", dtype=dtype)
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm", dtype=dtype)
 
     def build(self, input_shape) -> None:
         _, height, width, channels = input_shape
@@ -59,13 +61,15 @@ class ImagePatchTokens(keras.layers.Layer):
             x = self.projection(features) + self.colour_projection(self.colour_hidden(colours))
         else:
             x = self.projection(feature_map)
-        x = self.norm(x + self.row_embedding + self.col_embedding)
+        # Cast: under mixed precision the embeddings stay float32 while x is float16.
+        positions = ops.cast(self.row_embedding + self.col_embedding, x.dtype)
+        x = self.norm(x + positions)
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0], shape[1] * shape[2], self.hidden_dim))
 
-    def compute_output_shape(self, input_shape):
-        _, height, width, _ = input_shape
-        return (input_shape[0], height * width, self.hidden_dim)
+    def compute_output_shape(self, feature_map_shape):
+        _, height, width, _ = feature_map_shape
+        return (feature_map_shape[0], height * width, self.hidden_dim)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_dim": self.hidden_dim, "colour_channels": self.colour_channels}
@@ -152,19 +156,23 @@ class CrossAttentionBlock(keras.layers.Layer):
         self.dropout = float(dropout)
         self.self_attention = bool(self_attention)
         key_dim = self.hidden_dim // self.num_heads
+        dtype = self.dtype_policy  # sublayers follow it (mixed precision), as in KerasHub
+
+        def attention(name: str) -> keras.layers.MultiHeadAttention:
+            return keras.layers.MultiHeadAttention(self.num_heads, key_dim, dropout=dropout, name=name, dtype=dtype)
+
+        def norm(name: str) -> keras.layers.LayerNormalization:
+            return keras.layers.LayerNormalization(epsilon=1e-6, name=name, dtype=dtype)
+
         if self.self_attention:
-            self.self_attn = keras.layers.MultiHeadAttention(
-                self.num_heads, key_dim, dropout=dropout, name="self_attention"
-            )
-            self.self_attn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="self_attention_norm")
-        self.cross_attn = keras.layers.MultiHeadAttention(
-            self.num_heads, key_dim, dropout=dropout, name="cross_attention"
-        )
-        self.cross_attn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="cross_attention_norm")
-        self.ffn_inner = keras.layers.Dense(self.intermediate_dim, activation="gelu", name="ffn_inner")
-        self.ffn_outer = keras.layers.Dense(self.hidden_dim, name="ffn_outer")
-        self.ffn_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="ffn_norm")
-        self.drop = keras.layers.Dropout(self.dropout)
+            self.self_attn = attention("self_attention")
+            self.self_attn_norm = norm("self_attention_norm")
+        self.cross_attn = attention("cross_attention")
+        self.cross_attn_norm = norm("cross_attention_norm")
+        self.ffn_inner = keras.layers.Dense(self.intermediate_dim, activation="gelu", name="ffn_inner", dtype=dtype)
+        self.ffn_outer = keras.layers.Dense(self.hidden_dim, name="ffn_outer", dtype=dtype)
+        self.ffn_norm = norm("ffn_norm")
+        self.drop = keras.layers.Dropout(self.dropout, dtype=dtype)
 
     def build(self, text_shape, image_shape=None, text_mask_shape=None, image_mask_shape=None) -> None:
         if self.self_attention:
@@ -229,8 +237,8 @@ class ExpectedGain(keras.layers.Layer):
         gains = ops.convert_to_tensor(self.gains, dtype=probabilities.dtype)
         return ops.sum(probabilities * gains, axis=-1)
 
-    def compute_output_shape(self, shape):
-        return shape[:-1]
+    def compute_output_shape(self, probabilities_shape):
+        return probabilities_shape[:-1]
 
     def get_config(self) -> dict:
         return {**super().get_config(), "gains": self.gains}
@@ -243,8 +251,8 @@ class FirstToken(keras.layers.Layer):
     def call(self, x):
         return x[:, 0]
 
-    def compute_output_shape(self, shape):
-        return (shape[0], shape[2])
+    def compute_output_shape(self, x_shape):
+        return (x_shape[0], x_shape[2])
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")
@@ -265,8 +273,8 @@ class EmptyImageTokens(keras.layers.Layer):
     def call(self, images):
         return ops.zeros((ops.shape(images)[0], 1, 1), dtype=images.dtype)
 
-    def compute_output_shape(self, shape):
-        return (shape[0], 1, 1)
+    def compute_output_shape(self, images_shape):
+        return (images_shape[0], 1, 1)
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")
@@ -314,12 +322,11 @@ class PatchColours(keras.layers.Layer):
     def call(self, images):
         return ops.image.resize(images, self.grid, interpolation="area")
 
-    def compute_output_shape(self, shape):
-        return (shape[0], *self.grid, shape[-1])
+    def compute_output_shape(self, images_shape):
+        return (images_shape[0], *self.grid, images_shape[-1])
 
     def get_config(self) -> dict:
         return {**super().get_config(), "grid": list(self.grid)}
-
 
 
 def _photo_rows(has_image):
