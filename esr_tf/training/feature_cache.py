@@ -17,6 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -45,7 +46,9 @@ def backbone_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
-def _encode_text(text_encoder, ids: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+def _encode_text(
+    text_encoder, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0
+) -> dict[str, np.ndarray]:
     """`text_encoder` outputs for packed ids, with the trailing padding cut off per batch.
 
     Query + title pairs are usually much shorter than `sequence_length`; examples are batched by
@@ -60,6 +63,8 @@ def _encode_text(text_encoder, ids: dict[str, np.ndarray], batch_size: int) -> d
     order = np.argsort(-lengths, kind="stable")
     n, full = ids["padding_mask"].shape
     out: dict[str, np.ndarray] = {}
+    # Keras's own progress bar; verbose=2 (output not a terminal) prints one line at the end.
+    progress = keras.utils.Progbar(n, verbose=verbose, unit_name="text") if verbose else None
     for start in range(0, n, batch_size):
         rows = order[start : start + batch_size]
         width = max(1, int(lengths[rows].max()))
@@ -69,6 +74,8 @@ def _encode_text(text_encoder, ids: dict[str, np.ndarray], batch_size: int) -> d
             if key not in out:
                 out[key] = np.zeros((n, full, *value.shape[2:]), value.dtype)
             out[key][rows, :width] = value
+        if progress is not None:
+            progress.update(min(n, start + batch_size))
     return out
 
 
@@ -102,7 +109,7 @@ class BackboneFeatures:
         )
         batches = list(text_ds.as_numpy_iterator())
         ids = {k: np.concatenate([b[k] for b in batches]).astype(np.int32) for k in batches[0]}
-        text = _encode_text(model.text_encoder, ids, batch_size)
+        text = _encode_text(model.text_encoder, ids, batch_size, verbose)
 
         paths = np.asarray(columns["image"]).astype(str)
         unique = sorted({p for p in paths if p})

@@ -244,7 +244,7 @@ def train(
         log.info("computing frozen backbone outputs once for the train, valid and test examples")
         # distribute: every worker computes all features itself (no per-batch gathers).
         with local_predict(model.text_encoder, model.image_encoder):
-            features = BackboneFeatures.compute_parts(model, parts)
+            features = BackboneFeatures.compute_parts(model, parts, verbose=verbose)
     valid_batch = validation_batch_size(len(valid_cols["label"]), config.batch_size, strategy)
     if use_cache:
         train_feats, valid_feats = features["train"], features["valid"]

@@ -155,3 +155,14 @@ def test_cached_features_must_hold_the_same_examples(tiny_trained):
     assert _features_fit(features, tiny_trained.model, parts)
     shifted = {**parts, "valid": {"label": np.roll(parts["valid"]["label"], 1)}}
     assert not _features_fit(features, tiny_trained.model, shifted)
+
+
+def test_feature_pass_shows_progress(tiny_trained, tiny_catalogue, capsys):
+    from esr_tf.training.feature_cache import BackboneFeatures
+
+    columns = tiny_catalogue.columns("valid")
+    BackboneFeatures.compute(tiny_trained.model, columns, verbose=2)
+    out = capsys.readouterr().out
+    assert f"{len(columns['label'])}/{len(columns['label'])}" in out  # the text pass, one line
+    BackboneFeatures.compute(tiny_trained.model, columns, verbose=0)
+    assert capsys.readouterr().out == ""
