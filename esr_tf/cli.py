@@ -76,6 +76,7 @@ def cmd_demo(args) -> int:
         overrides=args.set,
         cpp=not args.no_cpp,
         verbose=fit_verbose(),
+        overwrite=args.overwrite,
     )
     return 0 if summary["verify_ok"] else 1
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-cpp", action="store_true", help="skip the C++ LoadSavedModel check")
+    _overwrite_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="fit on a catalogue (keras fit on tf.data)")

@@ -27,8 +27,12 @@ def run_demo(
     overrides: list[str] | None = None,
     cpp: bool = True,
     verbose: int = 1,
+    overwrite: bool = False,
 ) -> dict:
-    """Runs the demo; returns a summary dict (also written to `<out_dir>/demo_summary.json`)."""
+    """Runs the demo; returns a summary dict (also written to `<out_dir>/demo_summary.json`).
+
+    `overwrite`: start afresh in `out_dir` when it holds a run of other settings (see `train`).
+    """
     from esr_tf.export.saved_model import export_saved_model, next_version
     from esr_tf.export.verify import format_report, verify_export
     from esr_tf.serving.requests import rest_predict_body
@@ -44,7 +48,7 @@ def run_demo(
         settings += ["model.text_weights=random", "model.image_weights=random"]
     config = parse_config({"data": "demo"}, settings)
 
-    result = train(config, verbose=verbose)
+    result = train(config, overwrite=overwrite, verbose=verbose)
     trained = time.perf_counter()
     report = evaluate_model(
         result.model,

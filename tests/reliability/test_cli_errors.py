@@ -174,3 +174,21 @@ def test_chatter_filter_keeps_real_messages():
     assert not is_chatter("Traceback (most recent call last):")
     assert not is_chatter("esr-tf train: epochs: expected an integer, got True")
     assert fit_verbose() == 2  # pytest captures stdout: not a terminal
+
+
+def test_demo_passes_overwrite_to_train(monkeypatch):
+    """A rerun into another demo's --out is refused suggesting --overwrite: demo must take it."""
+    import esr_tf.demo
+    from esr_tf import cli
+
+    seen = {}
+
+    def fake_run_demo(out, **kwargs):
+        seen.update(kwargs)
+        return {"verify_ok": True}
+
+    monkeypatch.setattr(esr_tf.demo, "run_demo", fake_run_demo)
+    assert cli.main(["demo", "--out", "x", "--overwrite"]) == 0
+    assert seen["overwrite"] is True
+    assert cli.main(["demo", "--out", "x"]) == 0
+    assert seen["overwrite"] is False
