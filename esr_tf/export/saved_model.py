@@ -87,14 +87,10 @@ def build_signatures(model) -> dict:
     if not pre.built:  # e.g. right after `keras.saving.load_model`
         pre.build()
     text_spec = tf.TensorSpec([None], tf.string)
-    token_shape = [None, *model.image_projector.output.shape[1:]]
-    if model.fusion == "text_only":
-        token_shape = [None, 1, 1]
+    token_shape = [None, *model.fusion_head.input["image_tokens"].shape[1:]]
 
     def image_tokens(image):
         images, has_image = pre.image_decoder(image)
-        if model.fusion == "text_only":
-            return tf.zeros([tf.shape(image)[0], 1, 1]), has_image
 
         def encode():
             return tf.cast(model.encode_images(images, has_image, training=False), tf.float32)
@@ -102,22 +98,13 @@ def build_signatures(model) -> dict:
         def no_photo():  # the whole request has no photo (or no row): skip the backbone
             return tf.zeros([tf.shape(image)[0], *token_shape[1:]])
 
+        if not model.reads_photos:
+            return no_photo(), has_image
         return tf.cond(tf.reduce_any(has_image > 0), encode, no_photo), has_image
 
     def score(query, title, tokens, has_image):
         packed = pre.tokenize(query, title)
-        text = model.text_encoder(packed, training=False)
-        out = model.fusion_head(
-            {
-                "sequence_output": text["sequence_output"],
-                "text_mask": text["text_mask"],
-                "token_ids": packed["token_ids"],
-                "segment_ids": packed["segment_ids"],
-                "image_tokens": tokens,
-                "has_image": has_image,
-            },
-            training=False,
-        )
+        out = model.score(model.encode_text(packed, training=False), packed, tokens, has_image, training=False)
         return _outputs(model, out["probabilities"], out["score"])
 
     @tf.function(input_signature=[text_spec, text_spec, text_spec])

@@ -77,6 +77,7 @@ class RelevanceModel(keras_hub.models.Task):
         self.text_backbone = text_backbone
         self.image_backbone = image_backbone
         self.preprocessor = preprocessor
+        self.fusion = fusion  # read by the encode / score methods while the graph is built
 
         # === Sub-models ===
         text_in = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
@@ -99,6 +100,9 @@ class RelevanceModel(keras_hub.models.Task):
         # layers around `image_encoder`, not a wrapper: .keras files key weights by layer order.)
         self.gather_photos = fl.GatherPhotoRows(name="gather_photo_rows")
         self.scatter_photos = fl.ScatterPhotoRows(name="scatter_photo_rows")
+        # text_only has no photo path at all; image inputs are still accepted, so that every
+        # mode shares one interface.
+        self.no_image_tokens = fl.EmptyImageTokens(name="no_image_tokens")
         feature_shape = tuple(self.image_encoder.output.shape[1:])
         feature_map = keras.Input(feature_shape, name="feature_map")
         self.image_projector = keras.Model(
@@ -126,26 +130,12 @@ class RelevanceModel(keras_hub.models.Task):
         inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
         inputs["images"] = keras.Input(image_shape, name="images")
         inputs["has_image"] = keras.Input((), name="has_image")
-        text = self.text_encoder({k: inputs[k] for k in TEXT_INPUTS})
-        if fusion == "text_only":
-            # No photo path at all; image inputs are accepted so every mode shares one interface.
-            tokens = fl.EmptyImageTokens(name="no_image_tokens")(inputs["images"])
-        else:
-            tokens = self.encode_images(inputs["images"], inputs["has_image"])
-        outputs = self.fusion_head(
-            {
-                "sequence_output": text["sequence_output"],
-                "text_mask": text["text_mask"],
-                "token_ids": inputs["token_ids"],
-                "segment_ids": inputs["segment_ids"],
-                "image_tokens": tokens,
-                "has_image": inputs["has_image"],
-            }
-        )
+        text = self.encode_text(inputs)
+        tokens = self.encode_images(inputs["images"], inputs["has_image"])
+        outputs = self.score(text, inputs, tokens, inputs["has_image"])
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.fusion = fusion
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
@@ -158,11 +148,43 @@ class RelevanceModel(keras_hub.models.Task):
         self.freeze_image = freeze_image
         self.special_token_ids = self.fusion_head.get_layer("cross_segment_match").special_token_ids
 
+    # === The parts every path calls: this graph, head_model(), the export, the feature cache ===
+
+    @property
+    def reads_photos(self) -> bool:
+        """Whether the photo reaches the output (all modes but `text_only`)."""
+        return self.fusion != "text_only"
+
+    def encode_text(self, packed, training=None) -> dict:
+        """BERT over packed ids: `{"sequence_output" [B, L, H], "text_mask" [B, L]}`."""
+        return self.text_encoder({k: packed[k] for k in TEXT_INPUTS}, training=training)
+
     def encode_images(self, images, has_image, training=None):
-        """Patch tokens `[B, P, hidden_dim]` of decoded `images`; rows whose `has_image` is 0
-        skip the image backbone (their tokens are masked by the fusion head anyway)."""
+        """Image tokens of decoded `images` (`[B, P, hidden_dim]`; `[B, 1, 1]` zeros for
+        `text_only`). Rows whose `has_image` is 0 skip the image backbone: the fusion head
+        masks their tokens anyway."""
+        if not self.reads_photos:
+            return self.no_image_tokens(images)
         photos = self.image_encoder(self.gather_photos(images, has_image), training=training)
-        return self.image_projector(self.scatter_photos(photos, has_image), training=training)
+        return self.image_tokens(self.scatter_photos(photos, has_image), training=training)
+
+    def image_tokens(self, feature_map, training=None):
+        """Image tokens from `image_encoder` feature maps (cached ones, in `head_model()`)."""
+        if not self.reads_photos:
+            return self.no_image_tokens(feature_map)
+        return self.image_projector(feature_map, training=training)
+
+    def score(self, text: dict, packed, image_tokens, has_image, training=None) -> dict:
+        """`{"probabilities", "score"}` from `encode_text` outputs, the packed ids and image tokens."""
+        head_inputs = {
+            "sequence_output": text["sequence_output"],
+            "text_mask": text["text_mask"],
+            "token_ids": packed["token_ids"],
+            "segment_ids": packed["segment_ids"],
+            "image_tokens": image_tokens,
+            "has_image": has_image,
+        }
+        return self.fusion_head(head_inputs, training=training)
 
     def head_model(self) -> keras.Model:
         """The trainable part above the backbones: (BERT output, feature map) -> outputs.
@@ -179,12 +201,9 @@ class RelevanceModel(keras_hub.models.Task):
             "feature_map": keras.Input(tuple(self.image_encoder.output.shape[1:]), name="feature_map"),
             "has_image": keras.Input((), name="has_image"),
         }
-        head_inputs = {k: v for k, v in inputs.items() if k != "feature_map"}
-        if self.fusion == "text_only":
-            head_inputs["image_tokens"] = fl.EmptyImageTokens()(inputs["feature_map"])
-        else:
-            head_inputs["image_tokens"] = self.image_projector(inputs["feature_map"])
-        return keras.Model(inputs, self.fusion_head(head_inputs), name="head_model")
+        tokens = self.image_tokens(inputs["feature_map"])
+        outputs = self.score(inputs, inputs, tokens, inputs["has_image"])
+        return keras.Model(inputs, outputs, name="head_model")
 
     def get_config(self) -> dict:
         config = super().get_config()

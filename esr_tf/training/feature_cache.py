@@ -47,9 +47,9 @@ def backbone_fingerprint(model) -> str:
 
 
 def _encode_text(
-    text_encoder, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0
+    encode_text, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0
 ) -> dict[str, np.ndarray]:
-    """`text_encoder` outputs for packed ids, with the trailing padding cut off per batch.
+    """`encode_text` (`RelevanceModel.encode_text`) outputs for packed ids, with the trailing padding cut off per batch.
 
     Query + title pairs are usually much shorter than `sequence_length`; examples are batched by
     length and each batch runs only up to its longest example (~40 % less BERT compute on the
@@ -57,7 +57,7 @@ def _encode_text(
     """
     spec = tf.TensorSpec([None, None], tf.int32)
     encode = tf.function(
-        lambda x: text_encoder(x, training=False), input_signature=[{k: spec for k in ids}]
+        lambda x: encode_text(x, training=False), input_signature=[{k: spec for k in ids}]
     )
     lengths = ids["padding_mask"].sum(axis=1)
     order = np.argsort(-lengths, kind="stable")
@@ -109,7 +109,7 @@ class BackboneFeatures:
         )
         batches = list(text_ds.as_numpy_iterator())
         ids = {k: np.concatenate([b[k] for b in batches]).astype(np.int32) for k in batches[0]}
-        text = _encode_text(model.text_encoder, ids, batch_size, verbose)
+        text = _encode_text(model.encode_text, ids, batch_size, verbose)
 
         paths = np.asarray(columns["image"]).astype(str)
         unique = sorted({p for p in paths if p})
@@ -117,7 +117,7 @@ class BackboneFeatures:
         image_index = np.array([row.get(p, 0) for p in paths], dtype=np.int32)
         has_image = np.array([1.0 if p else 0.0 for p in paths], dtype=np.float32)
         fmap_shape = tuple(model.image_encoder.output.shape[1:])
-        if unique and model.fusion != "text_only":
+        if unique and model.reads_photos:
             decoder = pre.image_decoder
             image_ds = (
                 tf.data.Dataset.from_tensor_slices(np.array(unique))
@@ -132,7 +132,7 @@ class BackboneFeatures:
         labels = np.asarray(columns["label"], np.int32) if "label" in columns else None
         return cls(
             source=backbone_fingerprint(model),
-            photos=model.fusion != "text_only",
+            photos=model.reads_photos,
             sequence_output=np.asarray(text["sequence_output"], np.float32),
             text_mask=np.asarray(text["text_mask"], np.int32),
             token_ids=ids["token_ids"],
@@ -187,7 +187,7 @@ class BackboneFeatures:
         `fingerprint`: `backbone_fingerprint(model)` if already known (it hashes every weight).
         """
         fingerprint = fingerprint or backbone_fingerprint(model)
-        return self.source == fingerprint and (self.photos or model.fusion == "text_only")
+        return self.source == fingerprint and (self.photos or not model.reads_photos)
 
     def __len__(self) -> int:
         return len(self.image_index)

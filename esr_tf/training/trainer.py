@@ -221,7 +221,7 @@ def train(
         model = build_relevance_model(config.model)
         labels = model.label_set  # the catalogue's labels numbered as the model's outputs
         train_cols, valid_cols = catalogue.columns("train", labels), catalogue.columns("valid", labels)
-        if config.hide_colour_rate > 0 and model.fusion != "text_only":
+        if config.hide_colour_rate > 0 and model.reads_photos:
             train_cols = hide_colour_words(train_cols, rate=config.hide_colour_rate, seed=config.seed)
         parts = {"train": train_cols, "valid": valid_cols, "test": catalogue.columns("test", labels)}
         num_labels = model.label_set.num_labels
