@@ -46,6 +46,21 @@ def backbone_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def examples_digest(columns: Mapping[str, np.ndarray]) -> str:
+    """Digest of the examples' query, title, image path and label columns (those present).
+
+    Features are reused only for the very same examples: e.g. two seeds' colour-hidden training
+    copies can match in count and labels while their titles differ.
+    """
+    digest = hashlib.sha1()
+    for key in ("query", "title", "image", "label"):
+        if key in columns:
+            digest.update(key.encode())
+            for value in np.asarray(columns[key]).astype(str):
+                digest.update(value.encode("utf-8", "surrogatepass") + b"\x00")
+    return digest.hexdigest()
+
+
 def _encode_text(
     encode_text, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0
 ) -> dict[str, np.ndarray]:
@@ -93,6 +108,7 @@ class BackboneFeatures:
     labels: np.ndarray | None = None  # [N] int32
     source: str = ""  # `backbone_fingerprint` of the model that computed them
     photos: bool = True  # False: text_only features, `feature_maps` is one zero row
+    examples: str = ""  # `examples_digest` of the columns they were computed from ("" unknown)
 
     @classmethod
     def compute(
@@ -141,6 +157,7 @@ class BackboneFeatures:
             has_image=has_image,
             feature_maps=feature_maps,
             labels=labels,
+            examples=examples_digest(columns),
         )
 
     @classmethod
@@ -168,7 +185,7 @@ class BackboneFeatures:
         out, start = {}, 0
         for split, cols in parts.items():
             stop = start + len(cols["query"])
-            out[split] = everything.take(slice(start, stop))
+            out[split] = replace(everything.take(slice(start, stop)), examples=examples_digest(cols))
             start = stop
         return out
 
@@ -177,9 +194,10 @@ class BackboneFeatures:
         per_example = {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name not in ("feature_maps", "source", "photos")
+            if f.name not in ("feature_maps", "source", "photos", "examples")
         }
-        return replace(self, **{k: None if v is None else v[rows] for k, v in per_example.items()})
+        sliced = {k: None if v is None else v[rows] for k, v in per_example.items()}
+        return replace(self, examples="", **sliced)
 
     def usable_by(self, model, fingerprint: str | None = None) -> bool:
         """Whether `model`'s head may train on these features (same encoders, photos if needed).

@@ -38,7 +38,7 @@ from esr_tf.training.distribute import (
     make_strategy,
     worker_out_dir,
 )
-from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint, targets
+from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint, examples_digest, targets
 from esr_tf.training.losses import RelevanceLoss
 from esr_tf.training.run_state import prepare_out_dir, run_fingerprint
 
@@ -140,6 +140,16 @@ def _callbacks(config: TrainConfig, out: Path, guard: NaNGuard) -> list[keras.ca
     return callbacks
 
 
+def training_parts(config: TrainConfig, catalogue: Catalogue, model) -> dict[str, dict[str, np.ndarray]]:
+    """The train / valid / test columns a run uses: labels numbered as the model's outputs, plus
+    the colour-hidden training copies for modes that read photos."""
+    labels = model.label_set
+    train = catalogue.columns("train", labels)
+    if config.hide_colour_rate > 0 and model.reads_photos:
+        train = hide_colour_words(train, rate=config.hide_colour_rate, seed=config.seed)
+    return {"train": train, "valid": catalogue.columns("valid", labels), "test": catalogue.columns("test", labels)}
+
+
 def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping]) -> bool:
     """Reusable only from the same backbones and for the same examples of every split."""
     fingerprint = backbone_fingerprint(model)
@@ -148,7 +158,7 @@ def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mappin
         if split not in features and expected == 0:
             continue
         feats = features.get(split)
-        same_rows = feats is not None and len(feats) == expected and np.array_equal(feats.labels, columns["label"])
+        same_rows = feats is not None and len(feats) == expected and feats.examples == examples_digest(columns)
         if not (same_rows and feats.usable_by(model, fingerprint)):
             log.info("the backbone outputs passed in are for other encoders or examples; computing them")
             return False
@@ -219,11 +229,8 @@ def train(
 
     with strategy.scope():
         model = build_relevance_model(config.model)
-        labels = model.label_set  # the catalogue's labels numbered as the model's outputs
-        train_cols, valid_cols = catalogue.columns("train", labels), catalogue.columns("valid", labels)
-        if config.hide_colour_rate > 0 and model.reads_photos:
-            train_cols = hide_colour_words(train_cols, rate=config.hide_colour_rate, seed=config.seed)
-        parts = {"train": train_cols, "valid": valid_cols, "test": catalogue.columns("test", labels)}
+        parts = training_parts(config, catalogue, model)
+        train_cols, valid_cols = parts["train"], parts["valid"]
         num_labels = model.label_set.num_labels
         gains = tuple(model.label_set.gains)
         weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)

@@ -147,14 +147,17 @@ def test_cached_features_are_refused_by_other_backbones(tiny_trained, tiny_confi
     assert not dataclasses.replace(feats, photos=False).usable_by(tiny_trained.model)
 
 
-def test_cached_features_must_hold_the_same_examples(tiny_trained):
-    from esr_tf.training.trainer import _features_fit
+def test_cached_features_must_hold_the_same_examples(tiny_trained, tiny_config):
+    from esr_tf.training.trainer import _features_fit, training_parts
 
     features = tiny_trained.features
-    parts = {s: {"label": f.labels} for s, f in features.items()}
+    parts = training_parts(tiny_config, tiny_trained.catalogue, tiny_trained.model)
     assert _features_fit(features, tiny_trained.model, parts)
-    shifted = {**parts, "valid": {"label": np.roll(parts["valid"]["label"], 1)}}
+    shifted = {**parts, "valid": {**parts["valid"], "label": np.roll(parts["valid"]["label"], 1)}}
     assert not _features_fit(features, tiny_trained.model, shifted)
+    # Same count and labels, other texts (e.g. another seed's colour-hidden copies): not reused.
+    retitled = {**parts, "train": {**parts["train"], "title": np.roll(parts["train"]["title"], 1)}}
+    assert not _features_fit(features, tiny_trained.model, retitled)
 
 
 def test_feature_pass_shows_progress(tiny_trained, tiny_catalogue, capsys):
