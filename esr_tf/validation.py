@@ -20,6 +20,12 @@ import re
 from typing import Any
 
 MAX_STRING = 4096  # characters in one config string (paths, names)
+# Keys of a text-backbone dict (`model.text: {...}`): `BertBackbone` arguments plus tokenizer ones.
+TEXT_CONFIG_KEYS = frozenset({
+    "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "dropout",
+    "max_sequence_length", "num_segments", "dtype", "name", "vocabulary_size",
+    "intermediate_activation", "vocabulary", "lowercase", "strip_accents",
+})  # fmt: skip
 
 _INT_TEXT = re.compile(r"[-+]?[0-9]+")
 _FLOAT_TEXT = re.compile(r"[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?")
@@ -163,9 +169,7 @@ def check_text_source(name: str, value: Any) -> str | dict:
     `vocabulary` may also be a list of tokens)."""
     if not isinstance(value, dict):
         return check_str(name, value)
-    from esr_tf.models.backbones.text_backbone import _DICT_KEYS
-
-    check_mapping(name, value, _DICT_KEYS)
+    check_mapping(name, value, TEXT_CONFIG_KEYS)
     for key, item in value.items():
         tokens = key == "vocabulary" and isinstance(item, list)
         if tokens and all(isinstance(t, str) for t in item):

