@@ -238,28 +238,8 @@ def _prepare(out: Path) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
-def generate_demo_shop(
-    out_dir: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = 160
-) -> Path:
-    """Writes the demo shop into `out_dir` and returns the folder (see the module docstring).
-
-    Args:
-        size: "tiny" (12 queries), "small" (60), "default" (150, ~3000 pairs, ~400 products),
-            "large" (1500, ~30k pairs), or an int number of queries.
-        image_size: side of the square product photos (>= 128).
-    """
-    n_queries = SIZES[size] if isinstance(size, str) and size in SIZES else size
-    if not isinstance(n_queries, int) or isinstance(n_queries, bool) or n_queries < 3:
-        raise ValueError(f"size must be one of {list(SIZES)} or an int >= 3, got {size!r}")
-    if image_size < 128:
-        raise ValueError(f"image_size must be >= 128, got {image_size}")
-    out = Path(out_dir)
-    _prepare(out)
-    rng = np.random.default_rng([seed, 0])
-    n_products = max(110, round(n_queries * 2.8))
-    colours_per_cat = int(np.clip(n_products // (len(CATEGORIES) * 8), 2, len(COLOURS)))
-    products = _products(n_products, colours_per_cat, rng)
-
+def _queries(products: list[dict], n_queries: int, rng: np.random.Generator) -> list[dict]:
+    """`n_queries` distinct query texts over the stocked (category, colour) pairs, each in one split."""
     combos = sorted({(p["category"], p["colour"]) for p in products})
     queries: list[dict] = []
     seen: set[str] = set()
@@ -282,7 +262,11 @@ def generate_demo_shop(
     for rank, qi in enumerate(rng.permutation(n_queries).tolist()):
         queries[qi]["split"] = ("train" if rank < n_train else
                                 "valid" if rank < n_train + n_valid else "test")
+    return queries
 
+
+def _examples(queries: list[dict], products: list[dict], rng: np.random.Generator) -> list[list]:
+    """examples.csv rows: every query's judged candidates (`_judge`)."""
     by_kind: dict[tuple[str, str], list[int]] = {}
     for i, p in enumerate(products):
         by_kind.setdefault((p["category"], p["colour"]), []).append(i)
@@ -291,7 +275,11 @@ def generate_demo_shop(
         for i, label in sorted(_judge(q, by_kind, rng)):
             examples.append([q["query_id"], q["query"], products[i]["product_id"], label,
                              q["split"]])
+    return examples
 
+
+def _write_images(out: Path, products: list[dict], seed: int, image_size: int) -> None:
+    """Sets each product's `image` path and renders the photo there (a seed of its own per product)."""
     for i, p in enumerate(products):
         p["image"] = f"images/{p['product_id']}{p['suffix']}" if p["has_image"] else ""
         if not p["has_image"]:
@@ -305,6 +293,9 @@ def generate_demo_shop(
             # Level 1: photo noise barely compresses, and higher levels cost 2x the time.
             image.save(out / p["image"], "PNG", compress_level=1, optimize=False)
 
+
+def _write_tables(out: Path, products: list[dict], examples: list[list], queries: list[dict]) -> None:
+    """products.csv and examples.csv, plus the answer keys demo_attributes.csv and demo_queries.csv."""
     _write_csv(out / "products.csv", ["product_id", "title", "description", "brand", "color",
                                       "image"],
                [[p["product_id"], p["title"], p["description"], p["brand"],
@@ -320,6 +311,33 @@ def generate_demo_shop(
                                           "typo"],
                [[q["query_id"], q["query"], q["category"], q["colour"], q["split"],
                  int(q["typo"])] for q in queries])
+
+
+def generate_demo_shop(
+    out_dir: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = 160
+) -> Path:
+    """Writes the demo shop into `out_dir` and returns the folder (see the module docstring).
+
+    Args:
+        size: "tiny" (12 queries), "small" (60), "default" (150, ~3000 pairs, ~400 products),
+            "large" (1500, ~30k pairs), or an int number of queries.
+        image_size: side of the square product photos (>= 128).
+    """
+    n_queries = SIZES[size] if isinstance(size, str) and size in SIZES else size
+    if not isinstance(n_queries, int) or isinstance(n_queries, bool) or n_queries < 3:
+        raise ValueError(f"size must be one of {list(SIZES)} or an int >= 3, got {size!r}")
+    if image_size < 128:
+        raise ValueError(f"image_size must be >= 128, got {image_size}")
+    out = Path(out_dir)
+    _prepare(out)
+    rng = np.random.default_rng([seed, 0])
+    n_products = max(110, round(n_queries * 2.8))
+    colours_per_cat = int(np.clip(n_products // (len(CATEGORIES) * 8), 2, len(COLOURS)))
+    products = _products(n_products, colours_per_cat, rng)
+    queries = _queries(products, n_queries, rng)
+    examples = _examples(queries, products, rng)
+    _write_images(out, products, seed, image_size)
+    _write_tables(out, products, examples, queries)
     meta = {"format_version": FORMAT_VERSION, "seed": seed, "queries": n_queries,
             "products": n_products, "image_size": image_size,
             "complements": {c: v[4] for c, v in CATEGORIES.items()}}
