@@ -98,65 +98,20 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
         """
         if self._depthwise_padding == "symmetric":
             return super()._apply_efficientnet_block(
-                inputs,
-                filters_in,
-                filters_out,
-                kernel_size,
-                strides,
-                activation,
-                projection_activation,
-                expand_ratio,
-                se_ratio,
-                dropout,
-                batch_norm_epsilon,
-                name,
-                data_format,
-            )
+                inputs, filters_in, filters_out, kernel_size, strides, activation, projection_activation,
+                expand_ratio, se_ratio, dropout, batch_norm_epsilon, name, data_format,
+            )  # fmt: skip
+        # One initializer per block, as the parent: seeded once, it is shared by the block's layers.
         init = keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")
-
-        def conv_bn(x, filters, conv_name, bn_name):
-            x = keras.layers.Conv2D(
-                filters,
-                1,
-                padding="same",
-                data_format=data_format,
-                use_bias=False,
-                kernel_initializer=init,
-                name=name + conv_name,
-            )(x)
-            return keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + bn_name)(x)
-
-        filters = filters_in * expand_ratio
+        epsilon, filters = batch_norm_epsilon, filters_in * expand_ratio
         x = inputs
         if expand_ratio != 1:
-            x = conv_bn(x, filters, "expand_conv", "expand_bn")
+            x = _conv_bn(x, filters, name + "expand_conv", name + "expand_bn", epsilon, data_format, init)
             x = keras.layers.Activation(activation, name=name + "expand_activation")(x)
-        # "same" on a strided conv pads TF-style: the extra pixel goes right/bottom.
-        x = keras.layers.DepthwiseConv2D(
-            kernel_size,
-            strides,
-            padding="same",
-            data_format=data_format,
-            use_bias=False,
-            depthwise_initializer=init,
-            name=name + "dwconv",
-        )(x)
-        x = keras.layers.BatchNormalization(epsilon=batch_norm_epsilon, name=name + "dwconv_bn")(x)
-        x = keras.layers.Activation(activation, name=name + "dwconv_activation")(x)
+        x = _same_depthwise(x, kernel_size, strides, activation, epsilon, name, data_format, init)
         if 0 < se_ratio <= 1:
-            se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
-            se = keras.layers.Conv2D(
-                max(1, int(filters_in * se_ratio)),
-                1,
-                activation=activation,
-                kernel_initializer=init,
-                name=name + "se_reduce",
-            )(se)
-            se = keras.layers.Conv2D(
-                filters, 1, activation="sigmoid", kernel_initializer=init, name=name + "se_expand"
-            )(se)
-            x = keras.layers.multiply([x, se], name=name + "se_excite")
-        x = conv_bn(x, filters_out, "project", "project_bn")
+            x = _squeeze_excite(x, max(1, int(filters_in * se_ratio)), filters, activation, name, init)
+        x = _conv_bn(x, filters_out, name + "project", name + "project_bn", epsilon, data_format, init)
         if projection_activation:
             x = keras.layers.Activation(projection_activation, name=name + "projection_activation")(x)
         if strides == 1 and filters_in == filters_out:
@@ -164,6 +119,45 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
                 x = keras.layers.Dropout(dropout, noise_shape=(None, 1, 1, 1), name=name + "drop")(x)
             x = keras.layers.Add(name=name + "add")([x, inputs])
         return x
+
+
+def _conv_bn(x, filters: int, conv_name: str, bn_name: str, epsilon: float, data_format: str, init):
+    """1x1 convolution (no bias) then batch norm, named as the parent names them."""
+    x = keras.layers.Conv2D(
+        filters,
+        1,
+        padding="same",
+        data_format=data_format,
+        use_bias=False,
+        kernel_initializer=init,
+        name=conv_name,
+    )(x)
+    return keras.layers.BatchNormalization(epsilon=epsilon, name=bn_name)(x)
+
+
+def _same_depthwise(x, kernel_size: int, strides: int, activation: str, epsilon: float, name: str, data_format: str,
+                    init):
+    """Depthwise conv with TF "same" padding (on a strided conv the extra pixel goes
+    right/bottom), then batch norm and the activation."""
+    x = keras.layers.DepthwiseConv2D(
+        kernel_size,
+        strides,
+        padding="same",
+        data_format=data_format,
+        use_bias=False,
+        depthwise_initializer=init,
+        name=name + "dwconv",
+    )(x)
+    x = keras.layers.BatchNormalization(epsilon=epsilon, name=name + "dwconv_bn")(x)
+    return keras.layers.Activation(activation, name=name + "dwconv_activation")(x)
+
+
+def _squeeze_excite(x, reduced: int, filters: int, activation: str, name: str, init):
+    """Squeeze-and-excitation: global pool, reduce to `reduced`, expand to `filters`, rescale."""
+    se = keras.layers.GlobalAveragePooling2D(keepdims=True, name=name + "se_squeeze")(x)
+    se = keras.layers.Conv2D(reduced, 1, activation=activation, kernel_initializer=init, name=name + "se_reduce")(se)
+    se = keras.layers.Conv2D(filters, 1, activation="sigmoid", kernel_initializer=init, name=name + "se_expand")(se)
+    return keras.layers.multiply([x, se], name=name + "se_excite")
 
 
 class _NumpyWeightsLoader:
