@@ -5,7 +5,7 @@ before any pixel buffer exists, then looks for truncation cheaply: PNG chunks ar
 `Image.verify()`; JPEG / GIF files must end with their end marker, and only files that do not are
 decoded to decide (a JPEG with trailing bytes after its end marker is still fine).
 
-The same size limits and format rules (`esr_tf.preprocessing.image_limits`) are used by the
+The same size limits and format rules (`esr_tf.image_limits`) are used by the
 serving graph (`esr_tf.preprocessing.image_decoder`), so an image the catalogue accepts is one
 the exported model decodes with its colours: BMP variants TF misreads or refuses (1/4/16-bit,
 RLE) and animated WebPs are `unsupported_format`. Any aspect ratio within the limits is fine.
@@ -31,7 +31,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 # Limits and format rules shared with the serving graph (re-exported here).
-from esr_tf.preprocessing.image_limits import (
+from esr_tf.image_limits import (
     MAX_IMAGE_PIXELS,
     MAX_IMAGE_SIDE,
     SUPPORTED_FORMATS,

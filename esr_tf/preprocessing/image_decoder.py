@@ -24,9 +24,9 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from esr_tf.preprocessing import image_limits
-from esr_tf.preprocessing.image_limits import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
-from esr_tf.preprocessing.image_limits import MAX_IMAGE_SIDE as DEFAULT_MAX_SIDE
+from esr_tf import image_limits
+from esr_tf.image_limits import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
+from esr_tf.image_limits import MAX_IMAGE_SIDE as DEFAULT_MAX_SIDE
 
 
 def _uint(data: tf.Tensor, offset: int, length: int, little_endian: bool) -> tf.Tensor:
