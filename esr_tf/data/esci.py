@@ -140,6 +140,46 @@ def load_esci(
     label_set: LabelSet = ESCI,
 ) -> Catalogue:
     """Loads the published ESCI parquet files into a `Catalogue` (see the module docs)."""
+    _check_options(version, split, locale, valid_fraction)
+    examples_path, products_path = Path(examples_path), Path(products_path)
+    label_set = LabelSet.coerce(label_set)
+    fixes: Counter = Counter()
+    fix = TextFixer(max_text_chars, fixes)
+    images = ImagePolicy(missing_images)
+
+    ex = _read_examples(examples_path, version, split, locale)
+    examples, needed = _examples(ex, examples_path, split, locale, valid_fraction, label_set, fix)
+    pr = _read_products(products_path, {pid for _, pid, _ in needed.values()}, locale)
+    by_key = _product_rows(pr, products_path)
+    index = _image_index(Path(image_dir)) if image_dir is not None else {}
+    products: dict[str, Product] = {}
+    for key, (loc, pid, row) in sorted(needed.items()):
+        i = by_key.get((loc, pid))
+        if i is None:
+            fixes["product_not_found"] += 1
+            values = dict.fromkeys(PRODUCT_COLUMNS + PRODUCT_OPTIONAL)
+        else:
+            values = {c: pr[c][i] for c in PRODUCT_COLUMNS + PRODUCT_OPTIONAL}
+            if values["product_title"] is None:
+                fixes["title_missing"] += 1
+        image = ""
+        if image_dir is not None:
+            where = f"{locate(examples_path, row, 'product_id')}: product {pid!r}"
+            image = _product_image(image_dir, index, images, pid, where)
+        products[key] = _product(key, values, image, fix)
+    root = Path(image_dir) if image_dir is not None else examples_path.parent
+    log_fallbacks(examples_path, dict(images.problems), dict(fixes))
+    return Catalogue(
+        root=root.resolve(),
+        products=products,
+        examples=examples,
+        label_set=label_set,
+        image_problems=dict(images.problems),
+        fixes=dict(fixes),
+    )
+
+
+def _check_options(version: str, split: str | None, locale: str | None, valid_fraction: float) -> None:
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
     if split not in (None, "train", "valid", "test"):
@@ -148,13 +188,19 @@ def load_esci(
         raise ValueError(f"locale must be one of {LOCALES} or None, got {locale!r}")
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
-    examples_path, products_path = Path(examples_path), Path(products_path)
-    label_set = LabelSet.coerce(label_set)
-    fixes: Counter = Counter()
-    fix = TextFixer(max_text_chars, fixes)
-    images = ImagePolicy(missing_images)
 
-    ex = _read_examples(examples_path, version, split, locale)
+
+def _examples(
+    ex: dict,
+    examples_path: Path,
+    split: str | None,
+    locale: str | None,
+    valid_fraction: float,
+    label_set: LabelSet,
+    fix: TextFixer,
+) -> tuple[list[Example], dict[str, tuple[str, str, int]]]:
+    """The examples of `split` (valid carved out of the published train), and the products they
+    need: catalogue id -> (locale, product_id, first row)."""
     examples: list[Example] = []
     needed: dict[str, tuple[str, str, int]] = {}  # catalogue id -> (locale, product_id, row)
     carved: dict[str, bool] = {}  # query -> in the valid carve-out
@@ -192,8 +238,11 @@ def load_esci(
         key = pid if locale is not None else f"{loc}:{pid}"
         needed.setdefault(key, (loc, pid, row))
         examples.append(Example(query, "" if qid is None else str(qid), key, label_index, ours))
+    return examples, needed
 
-    pr = _read_products(products_path, {pid for _, pid, _ in needed.values()}, locale)
+
+def _product_rows(pr: dict, products_path: Path) -> dict[tuple[str, str], int]:
+    """(product_locale, product_id) -> row of `pr`; a key given twice is refused."""
     by_key: dict[tuple[str, str], int] = {}
     for i, (pid, loc) in enumerate(zip(pr["product_id"], pr["product_locale"], strict=True)):
         if (loc, pid) in by_key:
@@ -202,49 +251,33 @@ def load_esci(
                 f"locale {loc!r} (the join key is product_locale + product_id)"
             )
         by_key[(loc, pid)] = i
+    return by_key
 
-    index = _image_index(Path(image_dir)) if image_dir is not None else {}
-    products: dict[str, Product] = {}
-    for key, (loc, pid, row) in sorted(needed.items()):
-        i = by_key.get((loc, pid))
-        if i is None:
-            fixes["product_not_found"] += 1
-            values = dict.fromkeys(PRODUCT_COLUMNS + PRODUCT_OPTIONAL)
-        else:
-            values = {c: pr[c][i] for c in PRODUCT_COLUMNS + PRODUCT_OPTIONAL}
-            if values["product_title"] is None:
-                fixes["title_missing"] += 1
-        description = _TAG.sub(" ", values["product_description"] or "")
-        description = " ".join(description.split())
-        bullets = (values["product_bullet_point"] or "").strip()
-        image = ""
-        if image_dir is not None:
-            where = f"{locate(examples_path, row, 'product_id')}: product {pid!r}"
-            if pid in index:
-                try:
-                    path = resolve_inside(image_dir, index[pid].name)
-                except ValueError as e:
-                    raise CatalogueError(f"{Path(image_dir) / index[pid].name}: {e}") from None
-                image = images(path, where, str(index[pid]))
-            else:
-                # Never build a path from the id itself: ids are data, not file names.
-                image = images.refuse("missing_file", f"no {pid}.<jpg|png|...> in image_dir",
-                                      where, str(image_dir))
-        products[key] = Product(
-            product_id=key,
-            title=fix(values["product_title"]),
-            description=fix("\n".join(t for t in (description, bullets) if t)),
-            brand=fix(values["product_brand"]),
-            color=fix(values["product_color"]),
-            image=image,
-        )
-    root = Path(image_dir) if image_dir is not None else examples_path.parent
-    log_fallbacks(examples_path, dict(images.problems), dict(fixes))
-    return Catalogue(
-        root=root.resolve(),
-        products=products,
-        examples=examples,
-        label_set=label_set,
-        image_problems=dict(images.problems),
-        fixes=dict(fixes),
+
+def _product_image(
+    image_dir: str | Path, index: dict[str, Path], images: ImagePolicy, pid: str, where: str
+) -> str:
+    """The product's image file from `image_dir` (`_image_index`), or the policy's fallback."""
+    if pid in index:
+        try:
+            path = resolve_inside(image_dir, index[pid].name)
+        except ValueError as e:
+            raise CatalogueError(f"{Path(image_dir) / index[pid].name}: {e}") from None
+        return images(path, where, str(index[pid]))
+    # Never build a path from the id itself: ids are data, not file names.
+    return images.refuse("missing_file", f"no {pid}.<jpg|png|...> in image_dir", where, str(image_dir))
+
+
+def _product(key: str, values: dict, image: str, fix: TextFixer) -> Product:
+    """One catalogue product from its parquet values: description (HTML tags removed) + bullets."""
+    description = _TAG.sub(" ", values["product_description"] or "")
+    description = " ".join(description.split())
+    bullets = (values["product_bullet_point"] or "").strip()
+    return Product(
+        product_id=key,
+        title=fix(values["product_title"]),
+        description=fix("\n".join(t for t in (description, bullets) if t)),
+        brand=fix(values["product_brand"]),
+        color=fix(values["product_color"]),
+        image=image,
     )
