@@ -33,21 +33,12 @@ def run_demo(
 
     `overwrite`: start afresh in `out_dir` when it holds a run of other settings (see `train`).
     """
-    from esr_tf.export.saved_model import export_saved_model, next_version
-    from esr_tf.export.verify import format_report, verify_export
-    from esr_tf.serving.requests import rest_predict_body
     from esr_tf.training.evaluate import evaluate_model
     from esr_tf.training.trainer import train
 
     start = time.perf_counter()
     out = Path(out_dir)
-    settings = [f"out_dir={out}", f"demo_size={size}"] + (overrides or [])
-    if epochs is not None:
-        settings.append(f"epochs={epochs}")
-    if random_init:
-        settings += ["model.text_weights=random", "model.image_weights=random"]
-    config = parse_config({"data": "demo"}, settings)
-
+    config = _demo_config(out, size, epochs, random_init, overrides)
     result = train(config, overwrite=overwrite, verbose=verbose)
     trained = time.perf_counter()
     report = evaluate_model(
@@ -59,16 +50,8 @@ def run_demo(
         features=result.features.get("test"),
     )
     base = out / "serving_models"
-    export_dir = export_saved_model(
-        result.model, base, model_name="esr", version=next_version(base / "esr")
-    )
-    verification = verify_export(export_dir, cpp=cpp)
-    print(format_report(verification))
-
-    test = result.catalogue.columns("test")
-    request = rest_predict_body(
-        [str(test["query"][0])], [str(test["title"][0])], [_read(test["image"][0])]
-    )
+    export_dir, verification = _export_and_verify(result.model, base, cpp)
+    request = _sample_request(result.catalogue)
     summary = {
         "macro_f1": report["macro_f1"],
         "accuracy": report["accuracy"],
@@ -90,6 +73,37 @@ def run_demo(
     (out / "request.json").write_text(json.dumps(request))
     _print_summary(summary, out, base)
     return summary
+
+
+def _demo_config(out: Path, size: str, epochs: int | None, random_init: bool, overrides: list[str] | None):
+    """The `TrainConfig` of the demo: the demo shop of `size`, plus the caller's overrides."""
+    settings = [f"out_dir={out}", f"demo_size={size}"] + (overrides or [])
+    if epochs is not None:
+        settings.append(f"epochs={epochs}")
+    if random_init:
+        settings += ["model.text_weights=random", "model.image_weights=random"]
+    return parse_config({"data": "demo"}, settings)
+
+
+def _export_and_verify(model, base: Path, cpp: bool) -> tuple[Path, dict]:
+    """The next version under `<base>/esr`, verified like TF Serving loads it (report printed)."""
+    from esr_tf.export.saved_model import export_saved_model, next_version
+    from esr_tf.export.verify import format_report, verify_export
+
+    export_dir = export_saved_model(model, base, model_name="esr", version=next_version(base / "esr"))
+    verification = verify_export(export_dir, cpp=cpp)
+    print(format_report(verification))
+    return export_dir, verification
+
+
+def _sample_request(catalogue) -> dict:
+    """A ready-to-send TF Serving REST request: the first test example."""
+    from esr_tf.serving.requests import rest_predict_body
+
+    test = catalogue.columns("test")
+    return rest_predict_body(
+        [str(test["query"][0])], [str(test["title"][0])], [_read(test["image"][0])]
+    )
 
 
 def _read(path: str) -> bytes:
