@@ -31,6 +31,16 @@ def targets(labels, gains) -> dict:
     return {"probabilities": labels, "score": tf.gather(tf.constant(gains, tf.float32), labels)}
 
 
+def targets_and_weights(labels, gains, sample_weights=None) -> tuple:
+    """`(targets,)`, or `(targets, sample weights)` with each example's weight on both outputs.
+
+    The one place both training paths (cached features and the tf.data pipeline) get theirs.
+    """
+    if sample_weights is None:
+        return (targets(labels, gains),)
+    return targets(labels, gains), {"probabilities": sample_weights, "score": sample_weights}
+
+
 def backbone_fingerprint(model) -> str:
     """Digest of the text and image encoders (layer types and weights) that features come from.
 
@@ -233,10 +243,8 @@ class BackboneFeatures:
         }
         parts: tuple = (x,)
         if with_labels:
-            parts += (targets(self.labels, gains),)
-            if sample_weights is not None:
-                w = np.asarray(sample_weights, np.float32)
-                parts += ({"probabilities": w, "score": w},)
+            w = None if sample_weights is None else np.asarray(sample_weights, np.float32)
+            parts += targets_and_weights(self.labels, gains, w)
         ds = tf.data.Dataset.from_tensor_slices(parts)
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)

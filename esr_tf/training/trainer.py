@@ -38,7 +38,12 @@ from esr_tf.training.distribute import (
     make_strategy,
     worker_out_dir,
 )
-from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint, examples_digest, targets
+from esr_tf.training.feature_cache import (
+    BackboneFeatures,
+    backbone_fingerprint,
+    examples_digest,
+    targets_and_weights,
+)
 from esr_tf.training.losses import RelevanceLoss
 from esr_tf.training.run_state import prepare_out_dir, run_fingerprint
 
@@ -191,6 +196,18 @@ def _set_precision(config: TrainConfig) -> None:
     keras.mixed_precision.set_global_policy("mixed_float16" if use else "float32")
 
 
+@dataclass
+class _Trainee:
+    """What `fit` needs, built once under the strategy's scope."""
+
+    model: keras.Model  # the full RelevanceModel: saved and returned
+    fitted: keras.Model  # what `fit` trains: `model`, or its `head_model()` on cached features
+    parts: dict[str, dict[str, np.ndarray]]  # `training_parts`
+    class_weights: np.ndarray  # per label (`class_weight_vector`)
+    steps: int  # per epoch
+    cached: bool  # frozen backbones and `cache_features`: fit the head on `BackboneFeatures`
+
+
 def train(
     config: TrainConfig,
     *,
@@ -208,12 +225,30 @@ def train(
     `TrainResult.features`), reused when they come from the same encoders (weights and
     layers) and hold the same examples of every split.
     """
+    strategy, config, catalogue = _prepare_run(config, catalogue, overwrite)
+    out = Path(config.out_dir)
+    trainee = _build_trainee(config, catalogue, strategy)
+    features = _backbone_features(trainee, features, verbose)
+    train_ds, valid_ds = _datasets(config, trainee, features, strategy)
+    guard = NaNGuard()
+    history = trainee.fitted.fit(
+        train_ds,
+        validation_data=valid_ds,
+        epochs=config.epochs,
+        steps_per_epoch=trainee.steps,
+        callbacks=_callbacks(config, out, guard),
+        verbose=verbose,
+    )
+    return _finish(trainee.model, history.history, guard, catalogue, out, features)
+
+
+def _prepare_run(
+    config: TrainConfig, catalogue: Catalogue | None, overwrite: bool
+) -> tuple[tf.distribute.Strategy, TrainConfig, Catalogue]:
+    """Strategy, this worker's out dir, seeds, precision, the catalogue and the run's fingerprint."""
     strategy = make_strategy(config.strategy)  # before any other TF op, for multi-worker
     # distribute: non-chief workers write their (identical) files to a folder of their own.
     config = replace(config, out_dir=str(worker_out_dir(config.out_dir, strategy)))
-    # distribute: workers shard the data by element, so all must see the same order.
-    multi = is_multi_worker(strategy)
-    same_order = config.deterministic or multi
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
@@ -226,34 +261,59 @@ def train(
             raise TrainingError(f"the catalogue at {catalogue.root} has no '{split}' examples")
     prepare_out_dir(out, run_fingerprint(config, catalogue), overwrite=overwrite)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return strategy, config, catalogue
 
+
+def _build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distribute.Strategy) -> _Trainee:
+    """The model and what `fit` trains (full model or its head), compiled under `strategy`."""
     with strategy.scope():
         model = build_relevance_model(config.model)
         parts = training_parts(config, catalogue, model)
-        train_cols, valid_cols = parts["train"], parts["valid"]
+        train_labels = parts["train"]["label"]
         num_labels = model.label_set.num_labels
-        gains = tuple(model.label_set.gains)
-        weights = class_weight_vector(train_cols["label"], num_labels, config.class_weights)
-        steps = math.ceil(len(train_cols["label"]) / config.batch_size)
+        weights = class_weight_vector(train_labels, num_labels, config.class_weights)
+        steps = math.ceil(len(train_labels) / config.batch_size)
         loss = RelevanceLoss(num_labels, config.loss, config.focal_gamma, config.label_smoothing)
-        use_cache = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable
-        trainee = model.head_model() if use_cache else model
-        trainee.compile(
+        cached = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable
+        fitted = model.head_model() if cached else model
+        fitted.compile(
             optimizer=_optimizer(config, steps),
             loss={"probabilities": loss},
             metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
         )
-    reuse = use_cache and bool(features) and _features_fit(features, model, parts)
-    features = dict(features) if reuse else {}
-    if reuse:
+    return _Trainee(model, fitted, parts, weights, steps, cached)
+
+
+def _backbone_features(
+    trainee: _Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
+) -> dict[str, BackboneFeatures]:
+    """The frozen-backbone outputs the head trains on: those passed in if they fit, else computed
+    once; `{}` when the full model trains."""
+    model = trainee.model
+    if trainee.cached and bool(features) and _features_fit(features, model, trainee.parts):
         log.info("reusing the frozen backbone outputs passed in (same encoders and examples)")
-    elif use_cache:
-        log.info("computing frozen backbone outputs once for the train, valid and test examples")
-        # distribute: every worker computes all features itself (no per-batch gathers).
-        with local_predict(model.text_encoder, model.image_encoder):
-            features = BackboneFeatures.compute_parts(model, parts, verbose=verbose)
-    valid_batch = validation_batch_size(len(valid_cols["label"]), config.batch_size, strategy)
-    if use_cache:
+        return dict(features)
+    if not trainee.cached:
+        return {}
+    log.info("computing frozen backbone outputs once for the train, valid and test examples")
+    # distribute: every worker computes all features itself (no per-batch gathers).
+    with local_predict(model.text_encoder, model.image_encoder):
+        return BackboneFeatures.compute_parts(model, trainee.parts, verbose=verbose)
+
+
+def _datasets(
+    config: TrainConfig,
+    trainee: _Trainee,
+    features: Mapping[str, BackboneFeatures],
+    strategy: tf.distribute.Strategy,
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """Train (shuffled, repeated, class-weighted) and valid datasets, with `targets_and_weights`
+    from cached features or from the tf.data pipeline on raw inputs."""
+    multi = is_multi_worker(strategy)
+    gains = tuple(trainee.model.label_set.gains)
+    weights = trainee.class_weights
+    valid_batch = validation_batch_size(len(trainee.parts["valid"]["label"]), config.batch_size, strategy)
+    if trainee.cached:
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(
             batch_size=config.batch_size,
@@ -263,43 +323,40 @@ def train(
             sample_weights=weights[train_feats.labels],
             gains=gains,
         )
-        valid_ds = valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
-    else:
-        train_ds = make_dataset(
-            train_cols,
-            model.preprocessor,
-            batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            repeat=True,
-            cache=True,
-            deterministic=same_order,
-        ).map(
-            lambda x, y: (
-                x,
-                targets(y, gains),
-                {"probabilities": tf.gather(weights, y), "score": tf.gather(weights, y)},
-            )
-        )
-        valid_ds = make_dataset(
-            valid_cols,
-            model.preprocessor,
-            batch_size=valid_batch,
-            drop_remainder=multi,
-            cache=True,
-            deterministic=same_order,
-        ).map(lambda x, y: (x, targets(y, gains)))
+        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
+    # distribute: workers shard the data by element, so all must see the same order.
+    same_order = config.deterministic or multi
+    pre = trainee.model.preprocessor
+    train_ds = make_dataset(
+        trainee.parts["train"],
+        pre,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        repeat=True,
+        cache=True,
+        deterministic=same_order,
+    ).map(lambda x, y: (x, *targets_and_weights(y, gains, tf.gather(weights, y))))
+    valid_ds = make_dataset(
+        trainee.parts["valid"],
+        pre,
+        batch_size=valid_batch,
+        drop_remainder=multi,
+        cache=True,
+        deterministic=same_order,
+    ).map(lambda x, y: (x, *targets_and_weights(y, gains)))
+    return train_ds, valid_ds
 
-    guard = NaNGuard()
-    history = trainee.fit(
-        train_ds,
-        validation_data=valid_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps,
-        callbacks=_callbacks(config, out, guard),
-        verbose=verbose,
-    )
-    losses = history.history.get("loss", [])
+
+def _finish(
+    model: keras.Model,
+    history: dict[str, list[float]],
+    guard: NaNGuard,
+    catalogue: Catalogue,
+    out: Path,
+    features: dict[str, BackboneFeatures],
+) -> TrainResult:
+    """After `fit`: refuse a NaN run (removing its poisoned state), else save the model atomically."""
     if guard.where is not None:
         epoch, batch = guard.where
         # Never leave NaN weights to resume from: BackupAndRestore saved the poisoned epoch, and a
@@ -316,9 +373,8 @@ def train(
     tmp = out / "model.keras.partial.keras"
     model.save(tmp)
     tmp.replace(model_path)
-    return TrainResult(
-        model, _full_history(out, history.history), catalogue, out, model_path, len(losses), features
-    )
+    epochs_run = len(history.get("loss", []))
+    return TrainResult(model, _full_history(out, history), catalogue, out, model_path, epochs_run, features)
 
 
 def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:
