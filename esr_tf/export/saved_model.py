@@ -77,6 +77,9 @@ def _check_image_features(image_tokens: tf.Tensor, has_image: tf.Tensor) -> tf.T
     )
 
 
+_TEXT_SPEC = tf.TensorSpec([None], tf.string)
+
+
 def build_signatures(model) -> dict:
     """The three raw-input signatures of `model` (a `RelevanceModel`) as `tf.function`s."""
     pre = model.preprocessor
@@ -86,8 +89,20 @@ def build_signatures(model) -> dict:
         )
     if not pre.built:  # e.g. right after `keras.saving.load_model`
         pre.build()
-    text_spec = tf.TensorSpec([None], tf.string)
     token_shape = [None, *model.fusion_head.input["image_tokens"].shape[1:]]
+    image_tokens = _image_tokens_fn(model, token_shape)
+    score = _score_fn(model)
+    return {
+        "serving_default": _serving_default(image_tokens, score),
+        "embed_images": _embed_images(image_tokens),
+        "score_with_image_features": _score_with_image_features(score, token_shape),
+    }
+
+
+def _image_tokens_fn(model, token_shape: list):
+    """Raw image bytes -> (image tokens, has_image); the backbone is skipped for a request
+    without any photo."""
+    pre = model.preprocessor
 
     def image_tokens(image):
         images, has_image = pre.image_decoder(image)
@@ -102,27 +117,49 @@ def build_signatures(model) -> dict:
             return no_photo(), has_image
         return tf.cond(tf.reduce_any(has_image > 0), encode, no_photo), has_image
 
+    return image_tokens
+
+
+def _score_fn(model):
+    """Raw query and title plus image tokens -> the signature outputs (`_outputs`)."""
+    pre = model.preprocessor
+
     def score(query, title, tokens, has_image):
         packed = pre.tokenize(query, title)
         out = model.score(model.encode_text(packed, training=False), packed, tokens, has_image, training=False)
         return _outputs(model, out["probabilities"], out["score"])
 
-    @tf.function(input_signature=[text_spec, text_spec, text_spec])
+    return score
+
+
+def _serving_default(image_tokens, score) -> tf.types.experimental.PolymorphicFunction:
+    """`serving_default(query, title, image)`: the whole model on raw inputs."""
+    @tf.function(input_signature=[_TEXT_SPEC, _TEXT_SPEC, _TEXT_SPEC])
     def serving_default(query, title, image):
         query, title, image = _check_request(query, title, image)
         tokens, has_image = image_tokens(image)
         return score(query, title, tokens, has_image)
 
-    @tf.function(input_signature=[text_spec])
+    return serving_default
+
+
+def _embed_images(image_tokens) -> tf.types.experimental.PolymorphicFunction:
+    """`embed_images(image)`: image tokens to cache per product."""
+    @tf.function(input_signature=[_TEXT_SPEC])
     def embed_images(image):
         (image,) = _check_request(image)
         tokens, has_image = image_tokens(image)
         return {"image_tokens": tf.cast(tokens, tf.float32), "has_image": has_image}
 
+    return embed_images
+
+
+def _score_with_image_features(score, token_shape: list) -> tf.types.experimental.PolymorphicFunction:
+    """`score_with_image_features(query, title, image_tokens, has_image)`: scoring with cached tokens."""
     @tf.function(
         input_signature=[
-            text_spec,
-            text_spec,
+            _TEXT_SPEC,
+            _TEXT_SPEC,
             tf.TensorSpec(token_shape, tf.float32),
             tf.TensorSpec([None], tf.float32),
         ]
@@ -131,11 +168,7 @@ def build_signatures(model) -> dict:
         query, title, image_tokens, has_image = _check_request(query, title, image_tokens, has_image)
         return score(query, title, _check_image_features(image_tokens, has_image), has_image)
 
-    return {
-        "serving_default": serving_default,
-        "embed_images": embed_images,
-        "score_with_image_features": score_with_image_features,
-    }
+    return score_with_image_features
 
 
 def build_archive(model, signatures: dict | None = None) -> keras.export.ExportArchive:
