@@ -18,6 +18,7 @@ import tensorflow as tf
 
 def _flops(model, batch_size: int, seq_len: int) -> int:
     """Forward FLOPs of `model` at `batch_size`, unknown lengths set to `seq_len`."""
+    # Private: TF has no public graph freezing / FLOPs API (esr_tf.upstream: "tensorflow#32809").
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     def spec(t):

@@ -123,6 +123,8 @@ def local_predict(*models) -> Iterator[None]:
     2-3x slower on CPU than computing everything locally. Outside any `strategy.scope()`, a
     model whose strategy is unset uses the default strategy, which reads mirrored weights.
     """
+    # Private attribute: Keras has no local-predict option (esr_tf.upstream:
+    # "keras-predict-local-under-multiworker").
     saved = [m._distribute_strategy for m in models]
     for m in models:
         m._distribute_strategy = None

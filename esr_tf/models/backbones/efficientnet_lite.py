@@ -76,6 +76,7 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
         config["depthwise_padding"] = self.depthwise_padding
         return config
 
+    # Overrides a private method (esr_tf.upstream: "keras-hub-efficientnet-symmetric-padding").
     def _apply_efficientnet_block(
         self,
         inputs,

@@ -69,6 +69,7 @@ class ExactGeluBertBackbone(keras_hub.models.BertBackbone):
         # each TransformerEncoder. Functional models re-run every layer's `call` at call time and
         # `Dense.call` reads `self.activation` then, so replacing the attribute after
         # construction changes the computation without copying BertBackbone's constructor.
+        # esr_tf.upstream: "keras-hub-bert-tanh-gelu" (its canary fails once upstream changes).
         super().__init__(*args, **kwargs)
         for layer in self.transformer_layers:
             layer.activation = activation

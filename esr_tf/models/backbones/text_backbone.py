@@ -164,14 +164,16 @@ def _from_local_folder(folder: Path, load_weights: bool):
 
         backbone = keras_hub.models.BertBackbone.from_preset(str(folder), load_weights=load_weights)
         # `BertTokenizer.from_preset` refuses presets whose backbone class is not `BertBackbone`
-        # itself (e.g. a saved `ExactGeluBertBackbone`); the loader underneath does not care.
+        # itself (e.g. a saved `ExactGeluBertBackbone`); the loader underneath does not care
+        # (esr_tf.upstream: "keras-hub-tokenizer-preset-class-check").
         loader = get_preset_loader(str(folder))
         return backbone, loader.load_tokenizer(keras_hub.models.BertTokenizer)
     raise ValueError(f"{config_path}: neither KerasHub ('registered_name') nor HF ('model_type')")
 
 
 def _from_hf_folder(folder: Path, load_weights: bool):
-    # Imported here: KerasHub internals, only needed for HF folders.
+    # Imported here: KerasHub internals, only needed for HF folders (esr_tf.upstream:
+    # "keras-hub-hf-loader-needs-safetensors").
     from keras_hub.src.utils.transformers import convert_bert
 
     config = _read_json(folder / "config.json")
