@@ -278,6 +278,24 @@ class EmptyImageTokens(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")
+class ZeroFeatureMap(keras.layers.Layer):
+    """`[B, ...] -> [B, *shape]` zeros: the feature map of `text_only`, which reads no photo."""
+
+    def __init__(self, shape: Sequence[int] = (1, 1, 1), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.shape = tuple(int(d) for d in shape)
+
+    def call(self, images):
+        return ops.zeros((ops.shape(images)[0], *self.shape), dtype=self.compute_dtype)
+
+    def compute_output_shape(self, images_shape):
+        return (images_shape[0], *self.shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "shape": list(self.shape)}
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
 class CrossSegmentMatch(keras.layers.Layer):
     """1.0 where a token's id also occurs in the other segment (query <-> title), else 0.0.
 

@@ -1,13 +1,15 @@
-"""The fused relevance model: a KerasHub task over a BERT and an EfficientNet backbone.
+"""The fused relevance model: a KerasHub task over `RelevanceBackbone`.
 
 relevance(query, product) = Fusion(BERT([CLS] query [SEP] title [SEP]), EfficientNet(photo)),
 where text tokens attend over image patch tokens with `keras.layers.MultiHeadAttention`.
 
-The graph is built functionally from four sub-models, so that parts can be run alone:
-`text_encoder` (BERT), `image_encoder` (EfficientNet, BatchNorm always in inference mode),
-`image_projector` (feature map -> patch tokens; what the `embed_images` signature returns) and
-`fusion_head` (-> `probabilities`, `score`). With frozen backbones, `head_model()` trains on
-backbone outputs computed once (see `esr_tf.training.feature_cache`).
+As in KerasHub (`BertTextClassifier` over `BertBackbone`), the model is a `Task`: a backbone
+(`RelevanceBackbone`: BERT and the image backbone, what is frozen, cached and fingerprinted),
+a preprocessor (`RelevancePreprocessor`: raw strings and image bytes in) and the trainable
+layers on top, `image_projector` (feature map -> patch tokens) and `fusion_head`
+(-> `probabilities`, `score`). Every path runs the same methods: `encode_text`,
+`encode_images` / `image_tokens` and `score` build this graph, `head_model()` (training on
+cached backbone outputs), each export signature and the feature cache.
 
 Example:
 >>> from esr_tf.models.builder import build_relevance_model
@@ -25,9 +27,26 @@ import keras_hub
 
 from esr_tf.labels import LabelSet
 from esr_tf.models import fusion_layers as fl
+from esr_tf.models.fusion_head import build_fusion_head
+from esr_tf.models.relevance_backbone import TEXT_INPUTS, RelevanceBackbone
+from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
 
 FUSION_MODES = ("cross_attention", "concat", "gated", "text_only", "image_only")
-TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+__all__ = ["FUSION_MODES", "TEXT_INPUTS", "RelevanceBackbone", "RelevanceModel"]
+
+
+def backbone_for(fusion: str, text_backbone: keras.Model, image_backbone: keras.Model, **kwargs) -> RelevanceBackbone:
+    """The `RelevanceBackbone` a `fusion` mode needs (the one place text_only / image_only
+    change the encoders: image_only's BERT sees the query only, text_only reads no photo)."""
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion={fusion!r}: expected one of {FUSION_MODES}")
+    return RelevanceBackbone(
+        text_backbone,
+        image_backbone,
+        query_only=fusion == "image_only",
+        reads_photos=fusion != "text_only",
+        **kwargs,
+    )
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")
@@ -35,9 +54,7 @@ class RelevanceModel(keras_hub.models.Task):
     """ESCI relevance classifier and ranking scorer over (query, title, photo).
 
     Args:
-        text_backbone: a `keras_hub.models.BertBackbone`.
-        image_backbone: a Keras model mapping `[B, S, S, 3]` images to a `[B, h, w, C]` map,
-            with BatchNorm in inference mode (see `build_image_backbone`).
+        backbone: a `RelevanceBackbone` (see `backbone_for`).
         preprocessor: a `RelevancePreprocessor` (lets `fit` / `predict` take raw strings and
             image bytes), or `None` to feed numeric features.
         fusion: one of `FUSION_MODES`. `"text_only"` ignores the photo; `"image_only"` hides
@@ -48,12 +65,15 @@ class RelevanceModel(keras_hub.models.Task):
         modality_dropout: share of training examples whose photo is hidden.
         label_set: labels and ranking gains (default ESCI).
         freeze_text, freeze_image: make the backbone weights non-trainable.
+        special_token_ids: `[CLS]`, `[SEP]`, `[PAD]` ids (default: from the preprocessor).
     """
+
+    backbone_cls = RelevanceBackbone
+    preprocessor_cls = RelevancePreprocessor
 
     def __init__(
         self,
-        text_backbone: keras.Model,
-        image_backbone: keras.Model,
+        backbone: RelevanceBackbone,
         preprocessor=None,
         fusion: str = "cross_attention",
         hidden_dim: int = 256,
@@ -69,50 +89,24 @@ class RelevanceModel(keras_hub.models.Task):
         special_token_ids: list[int] | None = None,
         **kwargs,
     ) -> None:
-        if fusion not in FUSION_MODES:
-            raise ValueError(f"fusion={fusion!r}: expected one of {FUSION_MODES}")
+        _check_backbone(backbone, fusion)
         label_set = LabelSet.coerce(label_set)
-        text_backbone.trainable = not freeze_text
-        image_backbone.trainable = not freeze_image
-        self.text_backbone = text_backbone
-        self.image_backbone = image_backbone
+        backbone.text_backbone.trainable = not freeze_text
+        backbone.image_backbone.trainable = not freeze_image
+        self.backbone = backbone
         self.preprocessor = preprocessor
         self.fusion = fusion  # read by the encode / score methods while the graph is built
 
-        # === Sub-models ===
-        text_in = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
-        mask = text_in["padding_mask"]
-        if fusion == "image_only":
-            # Only the query segment (segment 0) stays visible to BERT and to pooling.
-            mask = fl.QueryOnlyMask(name="query_only_mask")(mask, text_in["segment_ids"])
-        seq = text_backbone({**text_in, "padding_mask": mask})["sequence_output"]
-        self.text_encoder = keras.Model(text_in, {"sequence_output": seq, "text_mask": mask}, name="text_encoder")
-
-        image_shape = tuple(image_backbone.input.shape[1:])
-        images = keras.Input(image_shape, name="images")
-        # The backbone runs its BatchNorm in inference mode by construction (it wraps itself in
-        # `InferenceModeBackbone`: a bare training=False here would be overridden in Keras 3).
-        features = image_backbone(images)
-        colours = fl.PatchColours(tuple(features.shape[1:3]), name="patch_colours")(images)
-        features = keras.layers.Concatenate(name="features_and_colours")([features, colours])
-        self.image_encoder = keras.Model(images, features, name="image_encoder")
-        # Rows without a photo skip the backbone; see `GatherPhotoRows`. (Two weightless
-        # layers around `image_encoder`, not a wrapper: .keras files key weights by layer order.)
-        self.gather_photos = fl.GatherPhotoRows(name="gather_photo_rows")
-        self.scatter_photos = fl.ScatterPhotoRows(name="scatter_photo_rows")
-        # text_only has no photo path at all; image inputs are still accepted, so that every
-        # mode shares one interface.
+        # === Layers ===
+        feature_map = keras.Input(tuple(backbone.image_encoder.output.shape[1:]), name="feature_map")
+        colour_channels = backbone.image_encoder.get_layer("patch_colours").output.shape[-1]
+        patch_tokens = fl.ImagePatchTokens(hidden_dim, colour_channels=colour_channels, name="patch_tokens")
+        self.image_projector = keras.Model(feature_map, patch_tokens(feature_map), name="image_projector")
+        # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.EmptyImageTokens(name="no_image_tokens")
-        feature_shape = tuple(self.image_encoder.output.shape[1:])
-        feature_map = keras.Input(feature_shape, name="feature_map")
-        self.image_projector = keras.Model(
-            feature_map,
-            fl.ImagePatchTokens(hidden_dim, colour_channels=colours.shape[-1], name="patch_tokens")(feature_map),
-            name="image_projector",
-        )
-        self.fusion_head = _build_fusion_head(
+        self.fusion_head = build_fusion_head(
             fusion=fusion,
-            text_dim=seq.shape[-1],
+            text_dim=backbone.text_encoder.output["sequence_output"].shape[-1],
             token_shape=tuple(self.image_projector.output.shape[1:]),
             hidden_dim=hidden_dim,
             num_heads=num_heads,
@@ -123,16 +117,16 @@ class RelevanceModel(keras_hub.models.Task):
             modality_dropout=modality_dropout,
             label_set=label_set,
             special_token_ids=special_token_ids or _special_token_ids(preprocessor),
-            token_embedding=text_backbone.token_embedding,
+            token_embedding=backbone.token_embedding,
         )
 
         # === Functional model ===
         inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
-        inputs["images"] = keras.Input(image_shape, name="images")
+        inputs["images"] = keras.Input(tuple(backbone.image_backbone.input.shape[1:]), name="images")
         inputs["has_image"] = keras.Input((), name="has_image")
-        text = self.encode_text(inputs)
-        tokens = self.encode_images(inputs["images"], inputs["has_image"])
-        outputs = self.score(text, inputs, tokens, inputs["has_image"])
+        encoded = backbone(inputs)
+        tokens = self.image_tokens(encoded["feature_map"])
+        outputs = self.score(encoded, inputs, tokens, inputs["has_image"])
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -148,6 +142,24 @@ class RelevanceModel(keras_hub.models.Task):
         self.freeze_image = freeze_image
         self.special_token_ids = self.fusion_head.get_layer("cross_segment_match").special_token_ids
 
+    # === The backbone's parts, under the names the rest of esr_tf uses ===
+
+    @property
+    def text_backbone(self) -> keras.Model:
+        return self.backbone.text_backbone
+
+    @property
+    def image_backbone(self) -> keras.Model:
+        return self.backbone.image_backbone
+
+    @property
+    def text_encoder(self) -> keras.Model:
+        return self.backbone.text_encoder
+
+    @property
+    def image_encoder(self) -> keras.Model:
+        return self.backbone.image_encoder
+
     # === The parts every path calls: this graph, head_model(), the export, the feature cache ===
 
     @property
@@ -157,16 +169,13 @@ class RelevanceModel(keras_hub.models.Task):
 
     def encode_text(self, packed, training=None) -> dict:
         """BERT over packed ids: `{"sequence_output" [B, L, H], "text_mask" [B, L]}`."""
-        return self.text_encoder({k: packed[k] for k in TEXT_INPUTS}, training=training)
+        return self.backbone.encode_text(packed, training=training)
 
     def encode_images(self, images, has_image, training=None):
         """Image tokens of decoded `images` (`[B, P, hidden_dim]`; `[B, 1, 1]` zeros for
         `text_only`). Rows whose `has_image` is 0 skip the image backbone: the fusion head
         masks their tokens anyway."""
-        if not self.reads_photos:
-            return self.no_image_tokens(images)
-        photos = self.image_encoder(self.gather_photos(images, has_image), training=training)
-        return self.image_tokens(self.scatter_photos(photos, has_image), training=training)
+        return self.image_tokens(self.backbone.encode_photos(images, has_image, training=training), training=training)
 
     def image_tokens(self, feature_map, training=None):
         """Image tokens from `image_encoder` feature maps (cached ones, in `head_model()`)."""
@@ -187,7 +196,7 @@ class RelevanceModel(keras_hub.models.Task):
         return self.fusion_head(head_inputs, training=training)
 
     def head_model(self) -> keras.Model:
-        """The trainable part above the backbones: (BERT output, feature map) -> outputs.
+        """The trainable part above the backbone: (BERT output, feature map) -> outputs.
 
         Shares its weights with this model; train it on cached backbone outputs when both
         backbones are frozen.
@@ -209,8 +218,6 @@ class RelevanceModel(keras_hub.models.Task):
         config = super().get_config()
         config.update(
             {
-                "text_backbone": keras.layers.serialize(self.text_backbone),
-                "image_backbone": keras.layers.serialize(self.image_backbone),
                 "fusion": self.fusion,
                 "hidden_dim": self.hidden_dim,
                 "num_heads": self.num_heads,
@@ -230,10 +237,22 @@ class RelevanceModel(keras_hub.models.Task):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
-        for key in ("text_backbone", "image_backbone"):
-            if isinstance(config.get(key), dict):
-                config[key] = keras.layers.deserialize(config[key])
+        if "text_backbone" in config:  # a model saved before the Backbone / Task split
+            encoders = [config.pop(k) for k in ("text_backbone", "image_backbone")]
+            encoders = [keras.layers.deserialize(e) if isinstance(e, dict) else e for e in encoders]
+            config["backbone"] = backbone_for(config.get("fusion", "cross_attention"), *encoders)
         return super().from_config(config)
+
+
+def _check_backbone(backbone: RelevanceBackbone, fusion: str) -> None:
+    if fusion not in FUSION_MODES:
+        raise ValueError(f"fusion={fusion!r}: expected one of {FUSION_MODES}")
+    expected = (fusion == "image_only", fusion != "text_only")
+    if (backbone.query_only, backbone.reads_photos) != expected:
+        raise ValueError(
+            f"fusion={fusion!r} needs a RelevanceBackbone with query_only={expected[0]}, "
+            f"reads_photos={expected[1]} (build it with backbone_for)"
+        )
 
 
 def _special_token_ids(preprocessor) -> list[int]:
@@ -246,86 +265,3 @@ def _special_token_ids(preprocessor) -> list[int]:
             "tokenizer, or special_token_ids"
         )
     return sorted(ids)
-
-
-def _build_fusion_head(
-    *,
-    fusion: str,
-    text_dim: int,
-    token_shape: tuple,
-    hidden_dim: int,
-    num_heads: int,
-    intermediate_dim: int,
-    num_fusion_layers: int,
-    text_self_attention: bool,
-    dropout: float,
-    modality_dropout: float,
-    label_set: LabelSet,
-    special_token_ids: list[int],
-    token_embedding: keras.layers.Layer,
-) -> keras.Model:
-    """(BERT tokens, text mask, token/segment ids, image tokens, has_image) -> outputs."""
-    seq = keras.Input((None, text_dim), name="sequence_output")
-    text_mask = keras.Input((None,), dtype="int32", name="text_mask")
-    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
-    segment_ids = keras.Input((None,), dtype="int32", name="segment_ids")
-    image_tokens = keras.Input(token_shape if fusion != "text_only" else (1, 1), name="image_tokens")
-    has_image = keras.Input((), name="has_image")
-    inputs = {
-        "sequence_output": seq,
-        "text_mask": text_mask,
-        "token_ids": token_ids,
-        "segment_ids": segment_ids,
-        "image_tokens": image_tokens,
-        "has_image": has_image,
-    }
-
-    text = keras.layers.Dense(hidden_dim, name="text_projection")(seq)
-    match = fl.CrossSegmentMatch(special_token_ids, name="cross_segment_match")(token_ids, segment_ids, text_mask)
-    match = keras.layers.Reshape((-1, 1), name="match_feature")(match)
-    match = keras.layers.Dense(hidden_dim, name="match_embedding")(match)
-    # BERT's own (frozen) input embedding of each token: word identity that the contextual
-    # outputs of a sentence encoder blur ("red" and "blue" end up close together there).
-    identity = keras.layers.Dense(hidden_dim, name="token_identity")(token_embedding(token_ids))
-    text = keras.layers.Add(name="text_with_match")([text, match, identity])
-    text = keras.layers.LayerNormalization(epsilon=1e-6, name="text_projection_norm")(text)
-    text_cls = fl.FirstToken(name="cls_token")(text)
-    text_mean = fl.MaskedMeanPool(name="text_mean")(text, text_mask)
-    pooled_text = keras.layers.Concatenate(name="text_pooled")([text_cls, text_mean])
-
-    if fusion in ("text_only",):
-        features = pooled_text
-    else:
-        visible = fl.ModalityDropout(modality_dropout, name="modality_dropout")(has_image)
-        tokens, image_mask = fl.NoImageToken(name="no_image_token")(image_tokens, visible)
-        if fusion in ("cross_attention", "image_only"):
-            x = text
-            for i in range(num_fusion_layers):
-                x = fl.CrossAttentionBlock(
-                    num_heads=num_heads,
-                    hidden_dim=hidden_dim,
-                    intermediate_dim=intermediate_dim,
-                    dropout=dropout,
-                    self_attention=text_self_attention,
-                    name=f"fusion_block_{i}",
-                )(x, tokens, text_mask, image_mask)
-            cls = fl.FirstToken(name="fused_cls")(x)
-            features = keras.layers.Concatenate(name="fused_pooled")(
-                [cls, fl.MaskedMeanPool(name="fused_mean")(x, text_mask)]
-            )
-        else:
-            image_vec = fl.MaskedMeanPool(name="image_mean")(tokens, image_mask)
-            if fusion == "concat":
-                features = keras.layers.Concatenate(name="concat")([pooled_text, image_vec])
-            else:  # gated: the text decides how much of the photo to let through, per channel.
-                gate = keras.layers.Dense(hidden_dim, activation="sigmoid", name="gate")(pooled_text)
-                gated = keras.layers.Multiply(name="gated_image")([gate, image_vec])
-                features = keras.layers.Concatenate(name="gated_concat")([pooled_text, gated])
-
-    x = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    x = keras.layers.Dense(hidden_dim, activation="gelu", name="head_dense")(x)
-    logits = keras.layers.Dense(label_set.num_labels, name="logits")(x)
-    # float32 outputs keep softmax and scores exact under mixed precision.
-    probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
-    score = fl.ExpectedGain(label_set.gains, name="score", dtype="float32")(probabilities)
-    return keras.Model(inputs, {"probabilities": probabilities, "score": score}, name="fusion_head")
