@@ -18,7 +18,12 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
+from esr_tf.bench.report import (  # noqa: F401  (TARGETS: re-exported, as tests and callers import it here)
+    TARGETS,
+    figures_and_measurements,
+    json_default,
+    markdown,
+)
 
 # Repetitions per mode. The full run is ~400 CPU-seconds, most of it one-off work (export, `fit`
 # and `predict` tracing, loading the SavedModel), so ~6 min on 2 quiet cores and ~12 min when other
@@ -62,72 +67,6 @@ SETTINGS = {
 }
 BATCH = 32
 RERANK_PRODUCTS = 100
-# (comparison, target, definition). `cpp_vs_python_b1`'s bound is the bench's own choice.
-TARGETS = {
-    "pipeline_vs_training_consumption": (
-        ">=",
-        3.0,
-        "tf.data examples/s (make_dataset, cache=True, parallel AUTOTUNE, batch 32, 2nd pass) / "
-        "examples/s consumed by training the full default model with frozen backbones (Keras "
-        "fit steps on preprocessed batches already in memory, steps after the first excluded)",
-    ),
-    "pipeline_parallel_vs_serial": (
-        ">=",
-        3.0,
-        "tf.data examples/s (make_dataset: batched preprocessing, parallel AUTOTUNE, cached, 2nd pass) / "
-        "the same files read and preprocessed one example per serial map call, no cache, then batched "
-        "(keras.io multimodal style; bench.figures.serial_pipeline)",
-    ),
-    "training_flop_utilisation": (
-        ">=",
-        0.3,
-        "default training (frozen backbones, model.head_model() on BackboneFeatures): achieved "
-        "FLOP/s / best tf.matmul float32 FLOP/s measured in this run (FLOPs: see flops.formula)",
-    ),
-    "serving_overhead_b1": (
-        "<=",
-        1.15,
-        "batch 1, p50: loaded SavedModel serving_default on raw strings + image bytes / the same "
-        "Keras model in a tf.function on its already-preprocessed numeric inputs",
-    ),
-    "serving_overhead_b32": (
-        "<=",
-        1.15,
-        "batch 32, median call time: serving_default on raw inputs / Keras model in a "
-        "tf.function on preprocessed numeric inputs",
-    ),
-    "cached_image_features_time_ratio": (
-        "<=",
-        0.6,
-        "scoring 100 products for one query, median: score_with_image_features (image tokens "
-        "from embed_images computed beforehand) / serving_default on the same 100",
-    ),
-    "cpp_vs_python_b1": (
-        "<=",
-        1.15,
-        "batch 1 mean ms/example of one request: esr_predict (C++ LoadSavedModel, "
-        "run_cpp_client) / Python serving_default timed just before and after it "
-        "(target chosen by the bench)",
-    ),
-}
-
-
-def _figure(key: str, value: float | None, skipped: str | None = None) -> dict:
-    op, target, definition = TARGETS[key]
-    met = None if value is None else (value >= target if op == ">=" else value <= target)
-    out = {
-        "value": value,
-        "target": {"op": op, "value": target},
-        "met": met,
-        "definition": definition,
-    }
-    if skipped:
-        out["skipped"] = skipped
-    return out
-
-
-def _m(value: float | None, unit: str, definition: str) -> dict:
-    return {"value": value, "unit": unit, "definition": definition}
 
 
 def run_benchmarks(
@@ -151,14 +90,9 @@ def run_benchmarks(
 
     Returns the dict written to bench.json.
     """
-    import tensorflow as tf
-
-    from esr_tf.bench import figures as fg
-    from esr_tf.bench.timing import StageClock, machine_info, matmul_peak
-    from esr_tf.data import generate_demo_shop, load_catalogue
-    from esr_tf.export.saved_model import export_saved_model
-    from esr_tf.models.builder import ModelConfig, build_relevance_model
-    from esr_tf.models.summary import branch_summary
+    from esr_tf.bench import figures as fg  # TensorFlow: imported before the clock starts
+    from esr_tf.bench.timing import StageClock, matmul_peak
+    from esr_tf.models.builder import ModelConfig
 
     clock = StageClock()
     s = SETTINGS[bool(quick)]
@@ -170,6 +104,34 @@ def run_benchmarks(
 
     clock.stage("matmul peak")
     peaks = [matmul_peak(s["matmul_sizes"], s["matmul_repeats"])]
+    catalogue, columns, train_cols, model = _shop_and_model(clock, s, out, config, raw)
+    rows, flops = _flops(clock, model)
+    clock.stage(f"input pipeline ({len(columns['label'])} examples)")
+    raw["pipeline"] = fg.measure_pipeline(
+        model.preprocessor,
+        columns,
+        batch_size=BATCH,
+        serial_columns=fg.subset(columns, s["serial_examples"]),
+        uncached=side,
+    )
+    preprocess = _serving(clock, s, out, model, catalogue, columns, raw, cpp=cpp)
+    clock.stage("matmul peak again, next to the training measurements")
+    peaks.append(matmul_peak(s["matmul_sizes"], s["matmul_repeats"]))
+    feats = _training(clock, s, model, train_cols, preprocess, raw)
+    sides = _side_experiments(clock, s, model, config, feats, raw, enabled=side)
+    clock.stage(None)
+    result = _result(clock, s, config, catalogue, peaks, rows, flops, raw, quick=quick)
+    result["side_experiments"] = sides
+    result["run_seconds"] = clock.elapsed()
+    _write(out, result)
+    return result
+
+
+def _shop_and_model(clock, s: dict, out: Path, config, raw: dict) -> tuple:
+    """The demo shop (catalogue, benchmark columns, train columns) and the untrained model."""
+    from esr_tf.bench import figures as fg
+    from esr_tf.data import generate_demo_shop, load_catalogue
+    from esr_tf.models.builder import build_relevance_model
 
     clock.stage(f"demo shop ({s['demo_size']}) and model")
     catalogue = load_catalogue(
@@ -179,21 +141,27 @@ def run_benchmarks(
     columns = fg.subset(catalogue.columns(), s["pipeline_examples"])
     train_cols = catalogue.columns("train")
     raw["train_examples"] = int(len(train_cols["label"]))
-    model = build_relevance_model(config)
+    return catalogue, columns, train_cols, build_relevance_model(config)
+
+
+def _flops(clock, model) -> tuple[list[dict], dict]:
+    """Forward FLOPs per branch, and per training example of each training mode."""
+    from esr_tf.bench import figures as fg
+    from esr_tf.models.summary import branch_summary
 
     clock.stage("FLOPs per branch (branch_summary)")
     rows = branch_summary(model)
     flops = fg.training_flops(rows)
     flops["formula"] = fg.FLOPS_FORMULA
+    return rows, flops
 
-    clock.stage(f"input pipeline ({len(columns['label'])} examples)")
-    raw["pipeline"] = fg.measure_pipeline(
-        model.preprocessor,
-        columns,
-        batch_size=BATCH,
-        serial_columns=fg.subset(columns, s["serial_examples"]),
-        uncached=side,
-    )
+
+def _serving(clock, s: dict, out: Path, model, catalogue, columns, raw: dict, *, cpp: bool):
+    """Export, serving, re-ranking and the C++ client into `raw`; returns `graph_preprocess(model)`."""
+    import tensorflow as tf
+
+    from esr_tf.bench import serving as sv
+    from esr_tf.export.saved_model import export_saved_model
 
     clock.stage("export (untrained weights: they do not change the speed)")
     export_dir = export_saved_model(
@@ -204,9 +172,9 @@ def run_benchmarks(
     import tensorflow_text  # noqa: F401  (registers the TF-Text ops the export needs)
 
     loaded = tf.saved_model.load(str(export_dir))
-    requests = fg.raw_examples(columns, min(64, len(columns["label"])))
-    preprocess = fg.graph_preprocess(model)
-    raw["serving"] = fg.measure_serving(
+    requests = sv.raw_examples(columns, min(64, len(columns["label"])))
+    preprocess = sv.graph_preprocess(model)
+    raw["serving"] = sv.measure_serving(
         model,
         loaded,
         requests,
@@ -215,16 +183,19 @@ def run_benchmarks(
         repeats_b1=s["serve_b1"],
         repeats_b=s["serve_b32"],
     )
-    products = fg.product_sample(catalogue.columns(), RERANK_PRODUCTS)
-    raw["rerank"] = fg.measure_rerank(
+    products = sv.product_sample(catalogue.columns(), RERANK_PRODUCTS)
+    raw["rerank"] = sv.measure_rerank(
         loaded, products, query=str(columns["query"][0]), repeats=s["rerank_repeats"]
     )
 
     clock.stage("C++ client")
-    raw["cpp"] = fg.measure_cpp(export_dir, loaded, requests, repeats=s["cpp_repeats"], enabled=cpp)
+    raw["cpp"] = sv.measure_cpp(export_dir, loaded, requests, repeats=s["cpp_repeats"], enabled=cpp)
+    return preprocess
 
-    clock.stage("matmul peak again, next to the training measurements")
-    peaks.append(matmul_peak(s["matmul_sizes"], s["matmul_repeats"]))
+
+def _training(clock, s: dict, model, train_cols, preprocess, raw: dict):
+    """Backbone features, the cached head and the full model into `raw`; returns the features."""
+    from esr_tf.bench import figures as fg
 
     clock.stage("training: backbone features, cached head, full model")
     feats, raw["features"] = fg.compute_features(
@@ -244,23 +215,33 @@ def run_benchmarks(
         )
     else:
         raw["full_text_trainable"] = {"skipped": "quick run"}
+    return feats
 
-    sides: dict = {"skipped": "quick run (pass side_experiments=True)"}
-    if side:
-        clock.stage("side experiments")
-        sides = fg.side_experiments(
-            model,
-            config,
-            feats,
-            raw,
-            batch_size=BATCH,
-            repeats=s["forward_repeats"],
-            head_steps=s["head_steps"],
-            time_left=lambda: s["budget_s"] - clock.elapsed(),
-        )
-    clock.stage(None)
+
+def _side_experiments(clock, s: dict, model, config, feats, raw: dict, *, enabled: bool) -> dict:
+    """The labelled "what moves the figures" experiments, inside the time budget."""
+    from esr_tf.bench import figures as fg
+
+    if not enabled:
+        return {"skipped": "quick run (pass side_experiments=True)"}
+    clock.stage("side experiments")
+    return fg.side_experiments(
+        model,
+        config,
+        feats,
+        raw,
+        batch_size=BATCH,
+        repeats=s["forward_repeats"],
+        head_steps=s["head_steps"],
+        time_left=lambda: s["budget_s"] - clock.elapsed(),
+    )
+
+
+def _result(clock, s: dict, config, catalogue, peaks, rows, flops, raw, *, quick: bool) -> dict:
+    """bench.json's content, but for the side experiments and the run's seconds."""
+    from esr_tf.bench.timing import machine_info
+
     peak = max(p["peak_flops"] for p in peaks)
-
     result = {
         "machine": machine_info(),
         "quick": bool(quick),
@@ -276,145 +257,13 @@ def run_benchmarks(
         "raw": raw,
     }
     result["machine"]["load_average_start"] = clock.loads["start"]
-    result["figures"], result["measurements"] = _figures(raw, flops, peak)
-    result["side_experiments"] = sides
-    result["run_seconds"] = clock.elapsed()
-    (out / "bench.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    table = markdown(result)
-    (out / "bench.md").write_text(table + "\n")
-    print(table)
+    result["figures"], result["measurements"] = figures_and_measurements(raw, flops, peak, BATCH)
     return result
 
 
-def _figures(raw: dict, flops: dict, peak: float) -> tuple[dict, dict]:
-    p, sv, rr, cpp = raw["pipeline"], raw["serving"], raw["rerank"], raw["cpp"]
-    consumer = raw["full_frozen"]["ex_s"]
-    text_ex_s = raw["full_text_trainable"].get("ex_s")
-    util = {
-        "head_cached": raw["head"]["ex_s"] * flops["head_cached"] / peak,
-        "full_frozen": consumer * flops["full_frozen"] / peak,
-        "full_text_trainable": None
-        if text_ex_s is None
-        else text_ex_s * flops["full_text_trainable"] / peak,
-    }
-    b1s, b1n = sv["b1_serving"], sv["b1_numeric"]
-    bs, bn = sv[f"b{BATCH}_serving"], sv[f"b{BATCH}_numeric"]
-    cpp_ms = None if "skipped" in cpp else cpp["b1"]["ms_per_example"]
-    figures = {
-        "pipeline_vs_training_consumption": _figure(
-            "pipeline_vs_training_consumption", p["parallel_cached_ex_s"] / consumer
-        ),
-        "pipeline_parallel_vs_serial": _figure(
-            "pipeline_parallel_vs_serial", p["parallel_cached_ex_s"] / p["serial_ex_s"]
-        ),
-        "training_flop_utilisation": _figure("training_flop_utilisation", util["head_cached"]),
-        "serving_overhead_b1": _figure("serving_overhead_b1", b1s["p50_ms"] / b1n["p50_ms"]),
-        "serving_overhead_b32": _figure("serving_overhead_b32", bs["p50_ms"] / bn["p50_ms"]),
-        "cached_image_features_time_ratio": _figure(
-            "cached_image_features_time_ratio", rr["cached"]["p50_ms"] / rr["full"]["p50_ms"]
-        ),
-        "cpp_vs_python_b1": _figure(
-            "cpp_vs_python_b1",
-            None if cpp_ms is None else cpp_ms / cpp["python_b1_mean_ms"],
-            cpp.get("skipped"),
-        ),
-    }
-    rows = [
-        ("pipeline_ex_s", p["parallel_cached_ex_s"], "ex/s", "parallel + cached, 2nd pass"),
-        ("pipeline_serial_ex_s", p["serial_ex_s"], "ex/s", "serial map, no cache"),
-        (
-            "training_consumer_ex_s",
-            consumer,
-            "ex/s",
-            "full model, frozen backbones, numeric batches in memory",
-        ),
-        (
-            "train_head_cached_ex_s",
-            raw["head"]["ex_s"],
-            "ex/s",
-            "default: head_model() on BackboneFeatures",
-        ),
-        (
-            "train_full_text_trainable_ex_s",
-            text_ex_s,
-            "ex/s",
-            raw["full_text_trainable"].get("skipped", "full model, text backbone trainable"),
-        ),
-        (
-            "backbone_features_ms_per_example",
-            raw["features"]["ms_per_example"],
-            "ms",
-            "BackboneFeatures.compute, one-off, incl. predict() tracing",
-        ),
-        (
-            "matmul_peak_gflops",
-            peak / 1e9,
-            "GFLOP/s",
-            "best float32 tf.matmul, start and pre-training",
-        ),
-        ("flop_utilisation_full_frozen", util["full_frozen"], "of peak", "no target"),
-        (
-            "flop_utilisation_full_text_trainable",
-            util["full_text_trainable"],
-            "of peak",
-            "no target",
-        ),
-        ("serving_b1_p50_ms", b1s["p50_ms"], "ms", "serving_default, batch 1"),
-        ("serving_b1_p99_ms", b1s["p99_ms"], "ms", "serving_default, batch 1"),
-        ("numeric_b1_p50_ms", b1n["p50_ms"], "ms", "Keras model on numeric inputs, batch 1"),
-        ("serving_b32_ex_s", BATCH * 1e3 / bs["p50_ms"], "ex/s", "serving_default, batch 32"),
-        ("rerank_100_cached_ms", rr["cached"]["p50_ms"], "ms", "score_with_image_features"),
-        ("rerank_100_full_ms", rr["full"]["p50_ms"], "ms", "serving_default"),
-        ("cpp_b1_ms_per_example", cpp_ms, "ms", cpp.get("skipped", "esr_predict, batch 1, mean")),
-    ]
-    return figures, {key: _m(value, unit, text) for key, value, unit, text in rows}
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "—"
-    return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-
-
-def markdown(result: dict) -> str:
-    """The bench.md table (figure, value, target, met?), raw measurements and side experiments."""
-    lines = ["| figure | value | target | met? |", "|---|---|---|---|"]
-    for key, f in result["figures"].items():
-        met = "skipped" if f["met"] is None else ("yes" if f["met"] else "**no**")
-        target = f"{f['target']['op']} {f['target']['value']:g}"
-        lines.append(f"| {key} | {_fmt(f['value'])} | {target} | {met} |")
-    for key, m in result["measurements"].items():
-        lines.append(f"| {key} | {_fmt(m['value'])} {m['unit']} | — | — |")
-    machine = result["machine"]
-    lines += [
-        "",
-        f"Machine: {machine['cpu_model']}, {machine['usable_cpus']} usable CPUs, "
-        f"TF {machine['tensorflow']}, Keras {machine['keras']}; 1-min load average "
-        f"{_load_range(result['load_average'])} during the run (other processes share the CPUs); "
-        f"run {result['run_seconds']:.0f} s.",
-    ]
-    lines += ["", "Definitions:"] + [
-        f"- {k}: {f['definition']}" for k, f in result["figures"].items()
-    ]
-    lines += [f"- FLOPs: {result['flops']['per_training_example']['formula']}"]
-    lines += ["", "Side experiments (what moves the figures):"]
-    for name, values in result["side_experiments"].items():
-        if isinstance(values, dict):
-            shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in values.items()}
-            lines.append(f"- {name}: {json.dumps(shown, default=_json_default)}")
-        else:
-            lines.append(f"- {name}: {values}")
-    return "\n".join(lines)
-
-
-def _load_range(loads: dict) -> str:
-    values = [v[0] for v in loads.values() if v]
-    return f"{min(values):.2f}-{max(values):.2f}" if values else "unknown"
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+def _write(out: Path, result: dict) -> None:
+    """bench.json and bench.md into `out`; prints the table."""
+    (out / "bench.json").write_text(json.dumps(result, indent=2, default=json_default))
+    table = markdown(result)
+    (out / "bench.md").write_text(table + "\n")
+    print(table)
