@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
 
 
@@ -28,7 +29,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="output folder (config field out_dir)")
     p.add_argument("--data", help="catalogue folder, or 'demo' (config field data)")
-    p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"))
+    p.add_argument("--strategy", choices=STRATEGIES)
     p.add_argument("--epochs", type=int)
 
 
@@ -105,7 +106,7 @@ def cmd_evaluate(args) -> int:
     from esr_tf.data import CatalogueError, load_catalogue
     from esr_tf.models.builder import load_model
     from esr_tf.training.evaluate import evaluate_model
-    from esr_tf.training.metrics import INTERVAL_METRICS, format_intervals
+    from esr_tf.training.metrics import INTERVAL_METRICS, REPORT_COLUMNS, format_intervals
 
     model = load_model(args.model)
     catalogue = load_catalogue(
@@ -117,7 +118,7 @@ def cmd_evaluate(args) -> int:
             f"(splits present: {', '.join(catalogue.splits()) or 'none'}; pick one with --split)"
         )
     report = evaluate_model(model, catalogue, split=args.split, out_dir=args.out)
-    keys = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr", "macro_labels")
+    keys = (*REPORT_COLUMNS, "macro_labels")
     keys += tuple(f"{k}_ci95" for k in INTERVAL_METRICS)
     print(json.dumps({k: report[k] for k in keys}, indent=2))
     print(f"{args.split}: {format_intervals(report)}")
@@ -247,7 +248,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", required=True, help="catalogue folder")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--out", default="esr_eval")
-    p.add_argument("--missing-images", default="no_image", choices=("error", "no_image"))
+    p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
     p.set_defaults(func=cmd_evaluate)
 
 

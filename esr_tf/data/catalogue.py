@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from esr_tf.constants import MISSING_IMAGE_POLICIES
 from esr_tf.data.image_files import inspect_image_file
 from esr_tf.labels import ESCI, LabelSet
 
@@ -40,7 +41,6 @@ logger = logging.getLogger("esr_tf.data")
 
 SPLITS = ("train", "valid", "test")
 _SPLIT_ALIASES = {"validation": "valid", "val": "valid", "dev": "valid", "eval": "valid"}
-MISSING_IMAGE_POLICIES = ("error", "no_image")
 
 
 class CatalogueError(ValueError):

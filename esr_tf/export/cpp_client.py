@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from esr_tf.constants import cache_root
+
 SOURCE = Path(__file__).parent / "cpp" / "esr_predict.cc"
 BINARY_NAME = "esr_predict"
 CXX_FLAGS = (
@@ -85,8 +87,7 @@ def tf_text_op_libraries() -> list[Path]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ESR_TF_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "esr_tf") / "cpp"
+    return cache_root() / "cpp"
 
 
 def _children_cpu_seconds() -> float:

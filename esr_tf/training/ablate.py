@@ -27,12 +27,11 @@ import numpy as np
 from esr_tf.training.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, percentile_interval
 from esr_tf.training.config import TrainConfig
 from esr_tf.training.evaluate import evaluate_model, predict_columns, predict_features
-from esr_tf.training.metrics import INTERVAL_METRICS, QueryStats, query_stats
+from esr_tf.training.metrics import INTERVAL_METRICS, REPORT_COLUMNS, QueryStats, query_stats
 from esr_tf.training.trainer import load_training_data, train
 
 ABLATION_MODES = ("text_only", "image_only", "concat", "cross_attention")
 SINGLE_MODALITIES = ("text_only", "image_only")
-COLUMNS = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")  # kept per run
 
 
 def ablate(
@@ -82,7 +81,7 @@ def ablate(
                     "seed": seed,
                     "epochs": result.epochs_run,
                     "out_dir": str(run_dir),
-                    **{k: report[k] for k in COLUMNS},
+                    **{k: report[k] for k in REPORT_COLUMNS},
                     **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
                 }
             )

@@ -29,12 +29,12 @@ from typing import Any
 
 import yaml
 
+from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.models.builder import ModelConfig
 from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
 
 __all__ = ["ConfigError", "TrainConfig", "parse_config"]
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 LOSSES = ("crossentropy", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
 DEMO_SIZES = ("tiny", "small", "default", "large")
@@ -101,7 +101,7 @@ class TrainConfig:
             self.mixed_precision = "on" if self.mixed_precision else "off"
         for name, choices in (
             ("demo_size", DEMO_SIZES),
-            ("missing_images", ("error", "no_image")),
+            ("missing_images", MISSING_IMAGE_POLICIES),
             ("loss", LOSSES),
             ("class_weights", CLASS_WEIGHTS),
             ("mixed_precision", MIXED_PRECISION),

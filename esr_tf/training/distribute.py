@@ -40,9 +40,10 @@ import tensorflow as tf
 from keras import tree
 from keras.src.backend.tensorflow import trainer as tf_trainer
 
+from esr_tf.constants import STRATEGIES
+
 log = logging.getLogger("esr_tf.training")
 
-STRATEGIES = ("default", "mirrored", "multiworker")
 _MULTIWORKER: tf.distribute.MultiWorkerMirroredStrategy | None = None
 _ORIGINALS: dict[str, object] = {}
 

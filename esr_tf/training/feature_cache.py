@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.labels import ESCI
 from esr_tf.preprocessing.pipeline import AUTOTUNE
 
 
@@ -229,7 +230,7 @@ class BackboneFeatures:
         repeat: bool = False,
         sample_weights: np.ndarray | None = None,
         with_labels: bool = True,
-        gains: tuple[float, ...] = (1.0, 0.1, 0.01, 0.0),
+        gains: tuple[float, ...] = ESCI.gains,
         drop_remainder: bool = False,
     ) -> tf.data.Dataset:
         """Batches of `head_model()` inputs with `targets()` (and optional sample weights)."""

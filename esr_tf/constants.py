@@ -1,0 +1,31 @@
+"""Settings' allowed values and paths shared across layers, defined once.
+
+A foundation module (standard library only), so that `esr-tf --help` can offer the same choices
+as the config check and the code behind them without importing TensorFlow.
+
+Example:
+>>> STRATEGIES, MISSING_IMAGE_POLICIES
+(('default', 'mirrored', 'multiworker'), ('error', 'no_image'))
+>>> cache_root("/tmp/x").as_posix()
+'/tmp/x'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# `esr-tf train --strategy`, `TrainConfig.strategy`, `training.distribute.make_strategy`.
+STRATEGIES = ("default", "mirrored", "multiworker")
+# What to do with an unusable product image: raise, or score the product from its text.
+MISSING_IMAGE_POLICIES = ("error", "no_image")
+
+# Converted weights and built helpers are cached under $ESR_TF_CACHE (default ~/.cache/esr_tf).
+CACHE_ENV_VAR = "ESR_TF_CACHE"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """`cache_dir`, else `$ESR_TF_CACHE`, else `~/.cache/esr_tf`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "esr_tf")
