@@ -55,11 +55,6 @@ def _ops_report(ops: set[str], not_stock: set[str]) -> dict:
     }
 
 
-def check_ops(export_dir: str | Path) -> dict:
-    ops = list_ops(export_dir)
-    return _ops_report(ops, non_stock_ops(ops))
-
-
 def _saved_model_cli(export_dir: Path) -> subprocess.Popen:
     # saved_model_cli cannot list concrete functions when custom ops exist; signatures suffice.
     cmd = [

@@ -201,9 +201,9 @@ def patch_keras_for_multiworker(issues: tuple[str, ...] = UPSTREAM_ISSUES) -> No
             setattr(owner, name, replacement)
 
 
-def unpatch_keras() -> None:
-    """Restores the Keras functions `patch_keras_for_multiworker` replaced."""
-    for issue in list(_ORIGINALS):
+def unpatch_keras(issues: tuple[str, ...] | None = None) -> None:
+    """Restores the Keras functions `patch_keras_for_multiworker` replaced (all, or `issues`)."""
+    for issue in list(_ORIGINALS) if issues is None else issues:
         owner, name, _ = _PATCHES[issue]
         setattr(owner, name, _ORIGINALS.pop(issue))
 
@@ -221,6 +221,4 @@ def keras_multiworker_patches(issues: tuple[str, ...] = UPSTREAM_ISSUES) -> Iter
     try:
         yield
     finally:
-        for issue in set(_ORIGINALS) - already:
-            owner, name, _ = _PATCHES[issue]
-            setattr(owner, name, _ORIGINALS.pop(issue))
+        unpatch_keras(tuple(set(_ORIGINALS) - already))
