@@ -42,20 +42,22 @@ KNOWN_ISSUES: dict[str, UpstreamIssue] = {
         workaround="esr_tf.models.fusion_layers.GatherPhotoRows",
         canary="tests/models/test_photo_rows.py::test_upstream_onednn_conv2d_still_breaks_empty_batches",
     ),
-    "keras-team/keras#20329": UpstreamIssue(
-        summary="fit under MultiWorkerMirroredStrategy fails on nested (dict) batches",
-        link="https://github.com/keras-team/keras/issues/20329",
-        seen_with="keras 3.15",
-        workaround="esr_tf.training.distribute._first_replica_symbolic_build",
-        canary="tests/training/test_distribute.py::test_upstream_keras_still_needs_the_workarounds",
-    ),
-    "keras-team/keras#20585": UpstreamIssue(
-        summary="multi-worker reduce_per_replica reduces scalar losses with axis=0",
-        link="https://github.com/keras-team/keras/issues/20585",
-        seen_with="keras 3.15",
-        workaround="esr_tf.training.distribute._scalar_safe_reduce_per_replica",
-        canary="tests/training/test_distribute.py::test_upstream_keras_still_needs_the_workarounds",
-    ),
+    # The two Keras multi-worker patches of training/distribute.py's _PATCHES, one canary.
+    **{
+        f"keras-team/keras#{number}": UpstreamIssue(
+            summary=summary,
+            link=f"https://github.com/keras-team/keras/issues/{number}",
+            seen_with="keras 3.15",
+            workaround=f"esr_tf.training.distribute.{workaround}",
+            canary="tests/training/test_distribute.py::test_upstream_keras_still_needs_the_workarounds",
+        )
+        for number, summary, workaround in (
+            (20329, "fit under MultiWorkerMirroredStrategy fails on nested (dict) batches",
+             "_first_replica_symbolic_build"),
+            (20585, "multi-worker reduce_per_replica reduces scalar losses with axis=0",
+             "_scalar_safe_reduce_per_replica"),
+        )
+    },
     "keras-hub-bert-tanh-gelu": UpstreamIssue(
         summary=(
             "keras_hub.models.BertBackbone hard-codes the tanh approximation of GELU "
@@ -120,6 +122,18 @@ KNOWN_ISSUES: dict[str, UpstreamIssue] = {
         seen_with="tensorflow 2.21.0",
         workaround="esr_tf.models.summary._flops",
         canary="tests/test_upstream.py::test_upstream_tensorflow_still_freezes_graphs_only_privately",
+    ),
+    "tensorflow-op-registry-private": UpstreamIssue(
+        summary=(
+            "TensorFlow has no public way to ask whether an op is registered (stock) or comes "
+            "from a custom-op library; the export check asks the private "
+            "tensorflow.python.framework.op_def_registry in a process without TF-Text. No "
+            "upstream issue found."
+        ),
+        link="https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/framework/op_def_registry.py",
+        seen_with="tensorflow 2.21.0",
+        workaround="esr_tf.export.verify.non_stock_ops",
+        canary="tests/test_upstream.py::test_upstream_tensorflow_op_registry_is_still_private",
     ),
     "keras-predict-local-under-multiworker": UpstreamIssue(
         summary=(

@@ -129,3 +129,13 @@ def test_upstream_keras_predict_still_has_no_local_option():
     model._distribute_strategy = None
     assert model.distribute_strategy is tf.distribute.get_strategy()
     assert model.predict(np.ones((3, 2), "float32"), verbose=0).shape == (3, 1)
+
+
+def test_upstream_tensorflow_op_registry_is_still_private():
+    import tensorflow as tf
+    from tensorflow.python.framework import op_def_registry
+
+    issue = "tensorflow-op-registry-private"
+    assert op_def_registry.get("MatMul") is not None and op_def_registry.get("NoSuchOpEver") is None
+    public = [tf.experimental, tf.sysconfig, tf.config.experimental, tf.compat.v1]
+    assert not any(hasattr(m, "op_def_registry") for m in public), _still(issue)

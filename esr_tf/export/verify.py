@@ -27,6 +27,7 @@ from esr_tf.export.saved_model import EXPECTED_TF_TEXT_OPS, REFERENCE_FILE, list
 from esr_tf.export.versions import export_lock, recover_versions
 
 _CHILD = Path(__file__).with_name("verify_child.py")
+# Private TF module: no public op registry (esr_tf.upstream: "tensorflow-op-registry-private").
 _NOT_STOCK = (
     "import json, sys, tensorflow as tf; from tensorflow.python.framework import op_def_registry as r; "
     "print(json.dumps([op for op in json.load(sys.stdin) if r.get(op) is None]))"
