@@ -8,7 +8,9 @@ in a hidden sibling folder and renamed into place, so a polling server never see
 Signatures (all take raw strings / bytes; tokenization and decoding run in the graph):
 - `serving_default(query, title, image)` -> `probabilities`, `label`, `score`;
 - `embed_images(image)` -> `image_tokens`, `has_image` (compute once per product);
-- `score_with_image_features(query, title, image_tokens, has_image)` -> as `serving_default`.
+- `score_with_image_features(query, title, image_tokens, has_image)` -> as `serving_default`;
+- `explain(query, title, image)` -> `attention` [n, L, h, w], `tokens` [n, L] (only for fusion
+  modes with cross-attention: `cross_attention`, `image_only`).
 
 Example:
 >>> path = export_saved_model(model, "serving_models", model_name="esr", version=1)  # doctest: +SKIP
@@ -32,6 +34,7 @@ from esr_tf.export.versions import (  # noqa: F401  (next_version: re-exported)
     recover_versions,
     swap_in,
 )
+from esr_tf.models.attention_maps import has_attention, token_strings
 from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
 
 REFERENCE_FILE = "esr_tf_reference.npz"
@@ -81,7 +84,7 @@ _TEXT_SPEC = tf.TensorSpec([None], tf.string)
 
 
 def build_signatures(model) -> dict:
-    """The three raw-input signatures of `model` (a `RelevanceModel`) as `tf.function`s."""
+    """The raw-input signatures of `model` (a `RelevanceModel`) as `tf.function`s."""
     pre = model.preprocessor
     if pre is None:
         raise ValueError(
@@ -92,11 +95,14 @@ def build_signatures(model) -> dict:
     token_shape = [None, *model.fusion_head.input["image_tokens"].shape[1:]]
     image_tokens = _image_tokens_fn(model, token_shape)
     score = _score_fn(model)
-    return {
+    signatures = {
         "serving_default": _serving_default(image_tokens, score),
         "embed_images": _embed_images(image_tokens),
         "score_with_image_features": _score_with_image_features(score, token_shape),
     }
+    if has_attention(model):  # text_only / concat / gated have no attention map to explain
+        signatures["explain"] = _explain(model, image_tokens)
+    return signatures
 
 
 def _image_tokens_fn(model, token_shape: list):
@@ -171,6 +177,23 @@ def _score_with_image_features(score, token_shape: list) -> tf.types.experimenta
     return score_with_image_features
 
 
+def _explain(model, image_tokens) -> tf.types.experimental.PolymorphicFunction:
+    """`explain(query, title, image)`: `attention` [n, L, h, w] (each text token's head-averaged
+    attention over the patch grid in the last fusion block) and its WordPiece `tokens` [n, L]."""
+    pre = model.preprocessor
+
+    @tf.function(input_signature=[_TEXT_SPEC, _TEXT_SPEC, _TEXT_SPEC])
+    def explain(query, title, image):
+        query, title, image = _check_request(query, title, image)
+        tokens, has_image = image_tokens(image)
+        packed = pre.tokenize(query, title)
+        text = model.encode_text(packed, training=False)
+        attention = model.attention_maps(text, packed, tokens, has_image)
+        return {"attention": tf.cast(attention, tf.float32), "tokens": token_strings(model, packed["token_ids"])}
+
+    return explain
+
+
 def build_archive(model, signatures: dict | None = None) -> keras.export.ExportArchive:
     """An `ExportArchive` tracking the model and its preprocessor, with `build_signatures`."""
     signatures = signatures or build_signatures(model)
@@ -226,6 +249,9 @@ def _reference(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.
     ref = {f"input/{k}": v for k, v in inputs.items()}
     ref.update({f"serving_default/{k}": v.numpy() for k, v in out.items()})
     ref.update({f"embed_images/{k}": v.numpy() for k, v in emb.items()})
+    if "explain" in signatures:
+        explained = signatures["explain"](*(tf.constant(inputs[k]) for k in ("query", "title", "image")))
+        ref.update({f"explain/{k}": v.numpy() for k, v in explained.items()})
     return ref
 
 

@@ -26,6 +26,7 @@ import keras
 import keras_hub
 
 from esr_tf.labels import LabelSet
+from esr_tf.models import attention_maps as am
 from esr_tf.models import fusion_layers as fl
 from esr_tf.models.fusion_head import build_fusion_head
 from esr_tf.models.relevance_backbone import TEXT_INPUTS, RelevanceBackbone
@@ -213,6 +214,29 @@ class RelevanceModel(keras_hub.models.Task):
         tokens = self.image_tokens(inputs["feature_map"])
         outputs = self.score(inputs, inputs, tokens, inputs["has_image"])
         return keras.Model(inputs, outputs, name="head_model")
+
+    # === Explaining a prediction: where each text token looks in the photo ===
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether text tokens attend over image patches (`cross_attention`, `image_only`)."""
+        return am.has_attention(self)
+
+    def attention_maps(self, text: dict, packed, image_tokens, has_image):
+        """`[B, L, h, w]`: each text token's head-averaged attention over the patch grid in the
+        last fusion block (same inputs as `score`; `ValueError` without cross-attention)."""
+        return am.attention_maps(self, text, packed, image_tokens, has_image)
+
+    def explain(self, inputs: dict, batch_size: int = 64) -> dict:
+        """Raw `{"query", "title", "image"}` -> numpy `attention` [n, L, h, w], `tokens` [n, L]
+        (str), `token_ids`, `segment_ids`: what the export's `explain` signature returns.
+
+        Example:
+        >>> out = model.explain({"query": ["red shoe"], "title": ["Red shoe"], "image": [b""]})  # doctest: +SKIP
+        >>> out["attention"].shape, out["tokens"][0][:3].tolist()  # doctest: +SKIP
+        ((1, 48, 5, 5), ['[CLS]', 'red', 'shoe'])
+        """
+        return am.explain(self, inputs, batch_size=batch_size)
 
     def get_config(self) -> dict:
         config = super().get_config()

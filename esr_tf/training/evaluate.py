@@ -1,4 +1,6 @@
-"""Evaluation of a trained model on a catalogue split: metrics.json plus PNG plots.
+"""Evaluation of a trained model on a catalogue split: metrics.json plus PNG plots
+(`confusion_matrix.png`, `training_curves.png`, `predictions.png` and, for models with
+cross-attention, `attention.png`: where the query's words look in each photo).
 
 Predictions go through the full model and the shared tf.data pipeline (raw strings and image
 bytes in), i.e. the same graph that is exported; or, given the split's frozen-backbone outputs
@@ -21,7 +23,12 @@ from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from esr_tf.training.feature_cache import BackboneFeatures
 from esr_tf.training.metrics import evaluation_report, write_metrics_json
-from esr_tf.training.plots import plot_confusion_matrix, plot_prediction_grid, plot_training_curves
+from esr_tf.training.plots import (
+    plot_attention_grid,
+    plot_confusion_matrix,
+    plot_prediction_grid,
+    plot_training_curves,
+)
 
 
 def predict_columns(
@@ -92,6 +99,8 @@ def evaluate_model(
         plot_prediction_grid(
             _grid_rows(columns, predictions, model.label_set.names), out / "predictions.png"
         )
+        if getattr(model, "has_attention", False):  # text_only / concat / gated have no map
+            plot_attention_grid(_attention_rows(model, columns, predictions), out / "attention.png")
     return report
 
 
@@ -109,3 +118,43 @@ def _grid_rows(columns, predictions, names, count: int = 12) -> list[dict]:
         }
         for i in range(0, len(pred), step)[:count]
     ]
+
+
+def query_word_attention(explained: dict, row: int, special_token_ids) -> np.ndarray:
+    """`[h, w]`: the mean attention of row `row`'s query words (segment 0, no [CLS] / [SEP] /
+    [PAD]) in `RelevanceModel.explain` output; zeros when the query has no word."""
+    ids = explained["token_ids"][row]
+    words = (explained["segment_ids"][row] == 0) & ~np.isin(ids, list(special_token_ids))
+    attention = explained["attention"][row]
+    return attention[words].mean(axis=0) if words.any() else np.zeros(attention.shape[1:], attention.dtype)
+
+
+def _attention_rows(model, columns, predictions, count: int = 6) -> list[dict]:
+    """`plot_attention_grid` rows for `count` examples spread over the split, photos first."""
+    paths = [str(p) for p in columns["image"]]
+    order = [i for i, p in enumerate(paths) if p] + [i for i, p in enumerate(paths) if not p]
+    picked = order[:: max(1, len(order) // count)][:count]
+    raw = {
+        "query": [str(columns["query"][i]) for i in picked],
+        "title": [str(columns["title"][i]) for i in picked],
+        "image": [_image_bytes(paths[i]) for i in picked],
+    }
+    explained = model.explain(raw)
+    names = model.label_set.names
+    pred = predictions["probabilities"].argmax(axis=-1)
+    return [
+        {
+            "query": raw["query"][k],
+            "title": raw["title"][k],
+            "image_path": paths[i],
+            "attention": query_word_attention(explained, k, model.special_token_ids),
+            "true": names[int(columns["label"][i])],
+            "pred": names[int(pred[i])],
+        }
+        for k, i in enumerate(picked)
+    ]
+
+
+def _image_bytes(path: str) -> bytes:
+    """The photo's file bytes; b"" (no photo) for an empty path or a missing file."""
+    return Path(path).read_bytes() if path and Path(path).is_file() else b""

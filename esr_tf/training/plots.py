@@ -1,4 +1,5 @@
-"""PNG plots for evaluation and training: confusion matrix, training curves, prediction grid.
+"""PNG plots for evaluation and training: confusion matrix, training curves, prediction and
+attention grids.
 
 Figures are drawn on matplotlib's Agg canvas directly (`Figure` + `FigureCanvasAgg`, no
 `pyplot`), chosen inside each function: nothing changes the global matplotlib backend, so a
@@ -224,5 +225,55 @@ def plot_prediction_grid(rows: list[dict], path, *, columns: int = 4) -> Path:
         for spine in axes.spines.values():
             spine.set_edgecolor(_CORRECT if correct else _WRONG)
             spine.set_linewidth(2.5)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _overlay_attention(axes, photo, attention) -> None:
+    """`attention` ([h, w], any scale) as a heat map stretched over `photo` (bilinear)."""
+    attention = np.asarray(attention, dtype=np.float64)
+    peak = attention.max()
+    heat = attention / peak if peak > 0 else attention
+    height, width = photo.shape[:2]
+    axes.imshow(photo)
+    axes.imshow(heat, cmap="inferno", alpha=0.55, vmin=0.0, vmax=1.0, interpolation="bilinear",
+                extent=(-0.5, width - 0.5, height - 0.5, -0.5))
+
+
+def plot_attention_grid(rows: list[dict], path, *, columns: int = 3) -> Path:
+    """Photos with the attention of the query's words overlaid, next to predicted vs true label.
+
+    Each row is `{"query", "title", "image_path" (or ""), "attention" ([h, w]: the query words'
+    mean attention over the patch grid, e.g. from `RelevanceModel.explain`), "true", "pred"}`.
+    The heat map is scaled to its own maximum (the share left to the "no image" token varies);
+    a missing photo gets a grey tile and no map.
+
+    Example:
+    >>> import os, tempfile
+    >>> rows = [{"query": "red mug", "title": "Red mug", "image_path": "", "attention": np.eye(5),
+    ...          "true": "exact", "pred": "exact"}]
+    >>> plot_attention_grid(rows, os.path.join(tempfile.mkdtemp(), "attention.png")).exists()
+    True
+    """
+    if not rows:
+        raise ValueError("plot_attention_grid: rows is empty")
+    columns = min(columns, len(rows))
+    grid_rows = math.ceil(len(rows) / columns)
+    figure = _figure(3.4 * columns, 4.0 * grid_rows)
+    for index, row in enumerate(rows):
+        axes = figure.add_subplot(grid_rows, columns, index + 1)
+        axes.set_xticks([])
+        axes.set_yticks([])
+        photo = _load_thumbnail(str(row.get("image_path") or ""))
+        if photo is None:
+            axes.imshow(np.full((224, 224, 3), 200, dtype=np.uint8))
+            axes.text(112, 112, "no image", ha="center", va="center", color="#555555", fontsize=12)
+        else:
+            _overlay_attention(axes, photo, row["attention"])
+        true, pred = str(row["true"]), str(row["pred"])
+        colour = _CORRECT if true.strip().lower() == pred.strip().lower() else _WRONG
+        axes.set_title(f"q: {_shorten(row['query'], 30)}\n{_shorten(row.get('title', ''), 34)}", fontsize=8)
+        axes.set_xlabel(f"pred: {pred} | true: {true}", fontsize=8, color=colour, fontweight="bold")
+    figure.suptitle("attention of the query's words over the photo (last fusion block)", fontsize=9)
     figure.tight_layout()
     return _save(figure, path)

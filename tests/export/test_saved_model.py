@@ -39,7 +39,7 @@ def test_signatures_take_raw_strings(loaded):
     outputs = sig.structured_outputs
     assert outputs["probabilities"].dtype == tf.float32 and outputs["probabilities"].shape.as_list() == [None, 4]
     assert outputs["label"].dtype == tf.string and outputs["score"].dtype == tf.float32
-    assert set(loaded.signatures) == {"serving_default", "embed_images", "score_with_image_features"}
+    assert set(loaded.signatures) == {"serving_default", "embed_images", "score_with_image_features", "explain"}
 
 
 def test_empty_image_is_scored_from_text(loaded):
@@ -100,6 +100,7 @@ def test_verify_passes_in_a_fresh_process_and_cpp(tiny_export, tmp_path):
         "serving_default",
         "embed_images",
         "score_with_image_features",
+        "explain",
     }
     assert all(c["max_abs_diff"] <= 1e-4 for c in report["load"]["checks"])
     assert "PASS" in text and "serving_default" in report["saved_model_cli"] or "inputs" in report["saved_model_cli"]
