@@ -123,6 +123,29 @@ def rest_predict_body(
     raise ValueError(f"form must be 'instances' (row) or 'inputs' (columnar), got {form!r}")
 
 
+def parse_explain_response(body: dict | str | bytes) -> list[dict]:
+    """Parses a REST response of the `explain` signature (`rest_predict_body(...,
+    signature_name="explain")`): one `{"tokens": [L] str, "attention": [L][h][w]}` per example.
+
+    Example:
+    >>> parse_explain_response('{"predictions": [{"tokens": ["[CLS]"], "attention": [[[0.5]]]}]}')
+    [{'tokens': ['[CLS]'], 'attention': [[[0.5]]]}]
+    """
+    body = json.loads(body) if isinstance(body, str | bytes) else body
+    if not isinstance(body, dict):
+        raise ValueError(f"explain response: expected a JSON object, got {type(body).__name__}")
+    if "error" in body:
+        raise RuntimeError(f"TF Serving returned an error: {body['error']}")
+    if "outputs" in body:  # columnar: {"outputs": {"tokens": [n][L], "attention": [n][L][h][w]}}
+        columns = body["outputs"]
+        rows = [{"tokens": t, "attention": a} for t, a in zip(columns["tokens"], columns["attention"], strict=True)]
+    else:
+        rows = body.get("predictions")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"tokens", "attention"} <= r.keys() for r in rows):
+        raise ValueError("explain response: expected 'predictions' rows (or 'outputs') with tokens and attention")
+    return [{"tokens": [_as_text(t, "tokens") for t in r["tokens"]], "attention": r["attention"]} for r in rows]
+
+
 def rest_predict_url(host: str, port: int, model_name: str, version: int | None = None) -> str:
     """`http://host:port/v1/models/NAME[/versions/N]:predict`."""
     path = f"/v1/models/{model_name}"

@@ -91,3 +91,32 @@ def test_evaluate_writes_attention_png(tiny_trained, tiny_catalogue, tmp_path):
     evaluate_model(tiny_trained.model, tiny_catalogue, split="test", out_dir=tmp_path, resamples=0)
     with Image.open(tmp_path / "attention.png") as image:
         assert image.size[0] > 300
+
+
+def test_rest_body_and_response_of_explain(loaded, samples):
+    import json
+
+    from esr_tf.serving.requests import parse_explain_response, rest_predict_body
+
+    body = rest_predict_body(list(samples["query"]), list(samples["title"]), list(samples["image"]),
+                             signature_name="explain")
+    assert body["signature_name"] == "explain" and len(body["instances"]) == len(samples["query"])
+    out = loaded.signatures["explain"](**{k: tf.constant(v) for k, v in samples.items()})
+    tokens = [[t.decode() for t in row] for row in out["tokens"].numpy()]
+    rows = [{"tokens": t, "attention": a} for t, a in zip(tokens, out["attention"].numpy().tolist(), strict=True)]
+    parsed = parse_explain_response(json.dumps({"predictions": rows}))
+    columnar = parse_explain_response({"outputs": {"tokens": tokens, "attention": out["attention"].numpy().tolist()}})
+    assert parsed == columnar and parsed[0]["tokens"][:2] == ["[CLS]", "red"]
+    np.testing.assert_allclose(np.array(parsed[1]["attention"]), out["attention"].numpy()[1], atol=1e-6)
+
+
+def test_explain_leaves_the_model_and_its_file_alone(tiny_trained, samples, tmp_path):
+    from esr_tf.models.builder import load_model
+
+    model = tiny_trained.model
+    before = [w.path for w in model.weights]
+    explained = model.explain(samples)
+    assert [w.path for w in model.weights] == before
+    model.save(tmp_path / "model.keras")
+    again = load_model(tmp_path / "model.keras").explain(samples)
+    np.testing.assert_allclose(again["attention"], explained["attention"], atol=1e-6)
