@@ -50,6 +50,31 @@ def backbone_for(fusion: str, text_backbone: keras.Model, image_backbone: keras.
     )
 
 
+# Fusion-head sizes: `RelevanceModel` arguments, attributes and config entries alike.
+HEAD_CONFIG = (
+    "hidden_dim",
+    "num_heads",
+    "intermediate_dim",
+    "num_fusion_layers",
+    "text_self_attention",
+    "dropout",
+    "modality_dropout",
+)
+
+
+def _backbone_part(name: str) -> property:
+    """`model.<name>` for `model.backbone.<name>`: the names the rest of esr_tf uses."""
+    return property(lambda self: getattr(self.backbone, name), doc=f"`self.backbone.{name}`")
+
+
+def _image_projector(image_encoder: keras.Model, hidden_dim: int) -> keras.Model:
+    """Feature map (backbone channels + patch colours) -> `[B, h*w, hidden_dim]` patch tokens."""
+    feature_map = keras.Input(tuple(image_encoder.output.shape[1:]), name="feature_map")
+    colour_channels = image_encoder.get_layer("patch_colours").output.shape[-1]
+    patch_tokens = fl.ImagePatchTokens(hidden_dim, colour_channels=colour_channels, name="patch_tokens")
+    return keras.Model(feature_map, patch_tokens(feature_map), name="image_projector")
+
+
 @keras.saving.register_keras_serializable(package="esr_tf")
 class RelevanceModel(keras_hub.models.Task):
     """ESCI relevance classifier and ranking scorer over (query, title, photo).
@@ -99,26 +124,26 @@ class RelevanceModel(keras_hub.models.Task):
         self.fusion = fusion  # read by the encode / score methods while the graph is built
 
         # === Layers ===
-        feature_map = keras.Input(tuple(backbone.image_encoder.output.shape[1:]), name="feature_map")
-        colour_channels = backbone.image_encoder.get_layer("patch_colours").output.shape[-1]
-        patch_tokens = fl.ImagePatchTokens(hidden_dim, colour_channels=colour_channels, name="patch_tokens")
-        self.image_projector = keras.Model(feature_map, patch_tokens(feature_map), name="image_projector")
+        head = {
+            "hidden_dim": hidden_dim,
+            "num_heads": num_heads,
+            "intermediate_dim": intermediate_dim,
+            "num_fusion_layers": num_fusion_layers,
+            "text_self_attention": text_self_attention,
+            "dropout": dropout,
+            "modality_dropout": modality_dropout,
+        }
+        self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.EmptyImageTokens(name="no_image_tokens")
         self.fusion_head = build_fusion_head(
             fusion=fusion,
             text_dim=backbone.text_encoder.output["sequence_output"].shape[-1],
             token_shape=tuple(self.image_projector.output.shape[1:]),
-            hidden_dim=hidden_dim,
-            num_heads=num_heads,
-            intermediate_dim=intermediate_dim,
-            num_fusion_layers=num_fusion_layers,
-            text_self_attention=text_self_attention,
-            dropout=dropout,
-            modality_dropout=modality_dropout,
             label_set=label_set,
             special_token_ids=special_token_ids or _special_token_ids(preprocessor),
             token_embedding=backbone.token_embedding,
+            **head,
         )
 
         # === Functional model ===
@@ -131,13 +156,8 @@ class RelevanceModel(keras_hub.models.Task):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.hidden_dim = hidden_dim
-        self.num_heads = num_heads
-        self.intermediate_dim = intermediate_dim
-        self.num_fusion_layers = num_fusion_layers
-        self.text_self_attention = text_self_attention
-        self.dropout = dropout
-        self.modality_dropout = modality_dropout
+        for key, value in head.items():
+            setattr(self, key, value)
         self.label_set = label_set
         self.freeze_text = freeze_text
         self.freeze_image = freeze_image
@@ -145,21 +165,10 @@ class RelevanceModel(keras_hub.models.Task):
 
     # === The backbone's parts, under the names the rest of esr_tf uses ===
 
-    @property
-    def text_backbone(self) -> keras.Model:
-        return self.backbone.text_backbone
-
-    @property
-    def image_backbone(self) -> keras.Model:
-        return self.backbone.image_backbone
-
-    @property
-    def text_encoder(self) -> keras.Model:
-        return self.backbone.text_encoder
-
-    @property
-    def image_encoder(self) -> keras.Model:
-        return self.backbone.image_encoder
+    text_backbone = _backbone_part("text_backbone")
+    image_backbone = _backbone_part("image_backbone")
+    text_encoder = _backbone_part("text_encoder")
+    image_encoder = _backbone_part("image_encoder")
 
     # === The parts every path calls: this graph, head_model(), the export, the feature cache ===
 
@@ -239,24 +248,15 @@ class RelevanceModel(keras_hub.models.Task):
         return am.explain(self, inputs, batch_size=batch_size)
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config.update(
-            {
-                "fusion": self.fusion,
-                "hidden_dim": self.hidden_dim,
-                "num_heads": self.num_heads,
-                "intermediate_dim": self.intermediate_dim,
-                "num_fusion_layers": self.num_fusion_layers,
-                "text_self_attention": self.text_self_attention,
-                "dropout": self.dropout,
-                "modality_dropout": self.modality_dropout,
-                "label_set": self.label_set.get_config(),
-                "freeze_text": self.freeze_text,
-                "freeze_image": self.freeze_image,
-                "special_token_ids": self.special_token_ids,
-            }
-        )
-        return config
+        return {
+            **super().get_config(),
+            "fusion": self.fusion,
+            **{key: getattr(self, key) for key in HEAD_CONFIG},
+            "label_set": self.label_set.get_config(),
+            "freeze_text": self.freeze_text,
+            "freeze_image": self.freeze_image,
+            "special_token_ids": self.special_token_ids,
+        }
 
     @classmethod
     def from_config(cls, config: dict):
