@@ -244,6 +244,19 @@ class Catalogue:
     image_problems: dict[str, int] = field(default_factory=dict)
     fixes: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def loaded(cls, source: str | Path, root: Path, products, examples, label_set, image_problems, fixes):
+        """The catalogue a loader read from `source`, after one warning summing up its fallbacks."""
+        log_fallbacks(source, dict(image_problems), dict(fixes))
+        return cls(
+            root=Path(root).resolve(),
+            products=products,
+            examples=examples,
+            label_set=label_set,
+            image_problems=dict(image_problems),
+            fixes=dict(fixes),
+        )
+
     def splits(self) -> list[str]:
         """The splits present, in train / valid / test order."""
         present = {e.split for e in self.examples}

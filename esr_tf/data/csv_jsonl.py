@@ -45,7 +45,6 @@ from esr_tf.data.catalogue import (
     derive_query_id,
     hash_split,
     locate,
-    log_fallbacks,
     parse_split,
 )
 from esr_tf.data.image_files import resolve_inside
@@ -301,12 +300,4 @@ def load_catalogue(
     images = ImagePolicy(missing_images)
     products = _read_products(read_table(_find(root, "products")), root, fix, images)
     examples = _read_examples(read_table(_find(root, "examples")), products, label_set, fix)
-    log_fallbacks(root, dict(images.problems), dict(fixes))
-    return Catalogue(
-        root=root.resolve(),
-        products=products,
-        examples=examples,
-        label_set=label_set,
-        image_problems=dict(images.problems),
-        fixes=dict(fixes),
-    )
+    return Catalogue.loaded(root, root, products, examples, label_set, images.problems, fixes)

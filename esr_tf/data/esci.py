@@ -49,7 +49,6 @@ from esr_tf.data.catalogue import (
     TextFixer,
     hash_fraction,
     locate,
-    log_fallbacks,
     normalize_query,
 )
 from esr_tf.data.image_files import IMAGE_SUFFIXES, resolve_inside
@@ -168,15 +167,7 @@ def load_esci(
             image = _product_image(image_dir, index, images, pid, where)
         products[key] = _product(key, values, image, fix)
     root = Path(image_dir) if image_dir is not None else examples_path.parent
-    log_fallbacks(examples_path, dict(images.problems), dict(fixes))
-    return Catalogue(
-        root=root.resolve(),
-        products=products,
-        examples=examples,
-        label_set=label_set,
-        image_problems=dict(images.problems),
-        fixes=dict(fixes),
-    )
+    return Catalogue.loaded(examples_path, root, products, examples, label_set, images.problems, fixes)
 
 
 def _check_options(version: str, split: str | None, locale: str | None, valid_fraction: float) -> None:
