@@ -26,7 +26,7 @@ Definitions:
 
 Everything is computed in float64 numpy from per-query sums, the same code for the figure and
 for its resamples. The tests check the classification numbers against `keras.metrics` and, on
-lists without ties, the ranking numbers against `keras_rs.metrics` (`ranking.keras_rs_reference`;
+lists without ties, the ranking numbers against `keras_rs.metrics` (`tests/training/rs_reference.py`;
 the ranking module's docstring says what differs from keras_rs).
 
 Example:

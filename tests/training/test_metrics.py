@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image
+from training import rs_reference
 
 from esr_tf.labels import ESCI
-from esr_tf.training import ranking as ranking_module
 from esr_tf.training.metrics import (
     classification_metrics,
     evaluation_report,
@@ -233,11 +233,11 @@ def test_matches_keras_rs_on_random_lists_without_ties(monkeypatch):
     s = rng.permutation(n) / n  # distinct scores: the tie rule plays no part
     gains = np.array(ESCI.gains)[y]
     m = ranking_metrics(q, y, s, k=5)
-    want = ranking_module.keras_rs_reference(q, gains, s, y == E, k=5)
+    want = rs_reference.keras_rs_reference(q, gains, s, y == E, k=5)
     assert m["ndcg@5"] == pytest.approx(want["ndcg"], abs=1e-5)  # keras_rs runs in float32
     assert m["mrr"] == pytest.approx(want["mrr"], abs=1e-5)
-    monkeypatch.setattr(ranking_module, "_QUERY_CHUNK", 7)  # several padded keras_rs updates
-    chunked = ranking_module.keras_rs_reference(q, gains, s, y == E, k=5)
+    monkeypatch.setattr(rs_reference, "QUERY_CHUNK", 7)  # several padded keras_rs updates
+    chunked = rs_reference.keras_rs_reference(q, gains, s, y == E, k=5)
     assert chunked == pytest.approx(want, abs=1e-6)
 
 

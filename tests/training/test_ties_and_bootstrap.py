@@ -5,11 +5,12 @@ import math
 
 import numpy as np
 import pytest
+from training.rs_reference import keras_rs_reference
 
 from esr_tf.labels import ESCI
 from esr_tf.training.bootstrap import percentile_interval, resampled_sums
 from esr_tf.training.metrics import evaluation_report, query_stats, ranking_metrics
-from esr_tf.training.ranking import keras_rs_reference, per_query_ranking
+from esr_tf.training.ranking import per_query_ranking
 
 E, S, C, I = 0, 1, 2, 3  # noqa: E741 - the ESCI codes
 GAINS = np.array(ESCI.gains)
