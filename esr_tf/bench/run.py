@@ -29,42 +29,25 @@ from esr_tf.bench.report import (  # noqa: F401  (TARGETS: re-exported, as tests
 # and `predict` tracing, loading the SavedModel), so ~6 min on 2 quiet cores and ~12 min when other
 # jobs share them; the side experiments run only inside `budget_s`. Quick with the tiny model:
 # ~140 CPU-seconds.
-SETTINGS = {
-    False: {
-        "demo_size": "default",
-        "pipeline_examples": 1024,
-        "serial_examples": 512,
-        "feature_examples": 320,
-        "head_steps": (2, 30),
-        "full_steps": (1, 4),
-        "text_steps": (1, 3),
-        "serve_b1": 60,
-        "serve_b32": 5,
-        "rerank_repeats": 3,
-        "cpp_repeats": 10,
-        "matmul_sizes": (2048, 4096),
-        "matmul_repeats": 2,
-        "forward_repeats": 3,
-        "budget_s": 540,
-    },
-    True: {
-        "demo_size": "small",
-        "pipeline_examples": 256,
-        "serial_examples": 128,
-        "feature_examples": 64,
-        "head_steps": (1, 4),
-        "full_steps": (1, 2),
-        "text_steps": None,  # another full `fit` trace; skipped when quick
-        "serve_b1": 10,
-        "serve_b32": 2,
-        "rerank_repeats": 2,
-        "cpp_repeats": 2,
-        "matmul_sizes": (1024,),
-        "matmul_repeats": 3,
-        "forward_repeats": 2,
-        "budget_s": 90,
-    },
+# setting: (full run, quick run)
+_SETTINGS = {
+    "demo_size": ("default", "small"),
+    "pipeline_examples": (1024, 256),
+    "serial_examples": (512, 128),
+    "feature_examples": (320, 64),
+    "head_steps": ((2, 30), (1, 4)),
+    "full_steps": ((1, 4), (1, 2)),
+    "text_steps": ((1, 3), None),  # quick: skipped, it is another full `fit` trace
+    "serve_b1": (60, 10),
+    "serve_b32": (5, 2),
+    "rerank_repeats": (3, 2),
+    "cpp_repeats": (10, 2),
+    "matmul_sizes": ((2048, 4096), (1024,)),
+    "matmul_repeats": (2, 3),
+    "forward_repeats": (3, 2),
+    "budget_s": (540, 90),
 }
+SETTINGS = {quick: {name: pair[quick] for name, pair in _SETTINGS.items()} for quick in (False, True)}
 BATCH = 32
 RERANK_PRODUCTS = 100
 
