@@ -171,6 +171,23 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_prepare(args) -> int:
+    import shutil
+
+    from esr_tf.data import load_catalogue
+    from esr_tf.preprocessing.tfrecords import write_catalogue_shards
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:
+            raise FileExistsError(f"{out} is not empty; pass --overwrite or another --out")
+        shutil.rmtree(out)
+    catalogue = load_catalogue(args.data, missing_images=args.missing_images)
+    for split, paths in write_catalogue_shards(catalogue, out, num_shards=args.shards).items():
+        print(f"{split}: {len(catalogue.select(split))} examples in {len(paths)} shards under {out / split}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from esr_tf.bench.run import run_benchmarks
 
@@ -194,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
 
     _add_ablate(sub)
+    _add_prepare(sub)
 
     p = sub.add_parser(
         "export", help="SavedModel for TF Serving (same as export/export_saved_model.py)"
@@ -250,6 +268,17 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", default="esr_eval")
     p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_prepare(sub) -> None:
+    """`esr-tf prepare`: a catalogue as TFRecord shards, image bytes inline."""
+    p = sub.add_parser("prepare", help="write a catalogue's splits as TFRecord shards (images inline)")
+    p.add_argument("--data", required=True, help="catalogue folder")
+    p.add_argument("--out", required=True, help="output folder: <out>/<split>/part-*.tfrecord")
+    p.add_argument("--shards", type=int, default=4, help="shards per split (default 4)")
+    p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.set_defaults(func=cmd_prepare)
 
 
 def _add_ablate(sub) -> None:

@@ -1,4 +1,5 @@
-"""The tf.data input pipeline: catalogue columns or TFRecord shards -> model-ready batches.
+"""The tf.data input pipeline: catalogue columns or TFRecord shards (`preprocessing.tfrecords`)
+-> model-ready batches.
 
 Order of stages, and why:
 1. read image bytes in parallel (`tf.io.read_file`; I/O bound);
@@ -21,7 +22,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -129,72 +129,3 @@ def _map_batched(ds: tf.data.Dataset, fn, num_parallel_calls, deterministic: boo
 
     ds = ds.batch(256).map(apply, num_parallel_calls=num_parallel_calls, deterministic=deterministic or None)
     return ds.unbatch()
-
-
-_FEATURES = {
-    "query": tf.io.FixedLenFeature([], tf.string),
-    "title": tf.io.FixedLenFeature([], tf.string),
-    "image": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-    "query_id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-    "product_id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
-}
-
-
-def write_tfrecords(
-    columns: Mapping[str, np.ndarray],
-    out_dir: str | Path,
-    *,
-    num_shards: int = 4,
-    prefix: str = "part",
-) -> list[Path]:
-    """Writes examples with their image bytes inline into `num_shards` TFRecord files.
-
-    For catalogues larger than memory: readers stream shards, and `tf.distribute` can give each
-    worker its own files (`AutoShardPolicy.FILE`).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{prefix}-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)]
-    writers = [tf.io.TFRecordWriter(str(p)) for p in paths]
-    n = len(columns["query"])
-    try:
-        for i in range(n):
-            image_path = str(columns["image"][i])
-            image = Path(image_path).read_bytes() if image_path else b""
-            feature = {
-                "query": _bytes(columns["query"][i]),
-                "title": _bytes(columns["title"][i]),
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(columns["label"][i])])),
-                "query_id": _bytes(columns.get("query_id", [""] * n)[i]),
-                "product_id": _bytes(columns.get("product_id", [""] * n)[i]),
-            }
-            example = tf.train.Example(features=tf.train.Features(feature=feature))
-            writers[i % num_shards].write(example.SerializeToString())
-    finally:
-        for w in writers:
-            w.close()
-    return paths
-
-
-def _bytes(value) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
-
-
-def read_tfrecords(
-    pattern: str | Path, *, shuffle_files: bool = False, seed: int = 0, with_labels: bool = True
-) -> tf.data.Dataset:
-    """Streams `write_tfrecords` shards as `({"query", "title", "image"}, label)` examples."""
-    files = tf.data.Dataset.list_files(str(pattern), shuffle=shuffle_files, seed=seed)
-    ds = files.interleave(tf.data.TFRecordDataset, num_parallel_calls=AUTOTUNE, deterministic=not shuffle_files)
-
-    def parse(record):
-        ex = tf.io.parse_single_example(record, _FEATURES)
-        x = {"query": ex["query"], "title": ex["title"], "image": ex["image"]}
-        return (x, tf.cast(ex["label"], tf.int32)) if with_labels else (x,)
-
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.FILE
-    return ds.with_options(options)

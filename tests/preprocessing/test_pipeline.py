@@ -111,7 +111,8 @@ def test_resize_shortcuts_match_the_full_resize():
 
 
 def test_tfrecord_shards_round_trip(preprocessor, tiny_catalogue, tmp_path):
-    from esr_tf.preprocessing.pipeline import make_dataset, read_tfrecords, write_tfrecords
+    from esr_tf.preprocessing.pipeline import make_dataset
+    from esr_tf.preprocessing.tfrecords import read_tfrecords, write_tfrecords
 
     cols = {k: v[:12] for k, v in tiny_catalogue.columns("train").items()}
     paths = write_tfrecords(cols, tmp_path, num_shards=3)
