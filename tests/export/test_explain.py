@@ -120,3 +120,15 @@ def test_explain_leaves_the_model_and_its_file_alone(tiny_trained, samples, tmp_
     model.save(tmp_path / "model.keras")
     again = load_model(tmp_path / "model.keras").explain(samples)
     np.testing.assert_allclose(again["attention"], explained["attention"], atol=1e-6)
+
+
+def test_image_only_is_explained_too():
+    from esr_tf.models.builder import TINY_MODEL, build_relevance_model
+
+    model = build_relevance_model(**{**TINY_MODEL, "fusion": "image_only"})
+    assert model.has_attention
+    out = model.explain({"query": ["red mug"], "title": ["Red mug"], "image": [b""]})
+    assert out["attention"].shape[:2] == out["tokens"].shape == (1, TINY_MODEL["sequence_length"])
+    assert (out["attention"] == 0).all()  # no photo: all attention on the "no image" key
+    with pytest.raises(ValueError, match="no rows"):
+        model.explain({"query": [], "title": [], "image": []})
