@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from esr_tf.models.fusion_head import head_inputs
+
 # Fusion modes whose text tokens attend over image patches (the others have no attention map).
 ATTENTION_FUSIONS = ("cross_attention", "image_only")
 
@@ -103,15 +105,8 @@ def attention_maps(model, text: dict, packed, image_tokens, has_image):
     """
     check_attention(model)
     head = model.fusion_head
-    head_inputs = {
-        "sequence_output": text["sequence_output"],
-        "text_mask": text["text_mask"],
-        "token_ids": packed["token_ids"],
-        "segment_ids": packed["segment_ids"],
-        "image_tokens": image_tokens,
-        "has_image": has_image,
-    }
-    x, tokens, text_mask, image_mask = _inputs_model(head)(head_inputs, training=False)
+    inputs = head_inputs(text, packed, image_tokens, has_image)
+    x, tokens, text_mask, image_mask = _inputs_model(head)(inputs, training=False)
     scores = cross_attention_scores(last_fusion_block(head), x, tokens, text_mask, image_mask)
     return patch_attention(scores, text_mask, tuple(model.image_projector.input.shape[1:3]))
 

@@ -23,6 +23,18 @@ from esr_tf.labels import LabelSet
 from esr_tf.models import fusion_layers as fl
 
 
+def head_inputs(text: dict, packed, image_tokens, has_image) -> dict:
+    """The fusion head's inputs from `encode_text` outputs, the packed ids and image tokens."""
+    return {
+        "sequence_output": text["sequence_output"],
+        "text_mask": text["text_mask"],
+        "token_ids": packed["token_ids"],
+        "segment_ids": packed["segment_ids"],
+        "image_tokens": image_tokens,
+        "has_image": has_image,
+    }
+
+
 def _head_inputs(text_dim: int, token_shape: tuple) -> dict:
     return {
         "sequence_output": keras.Input((None, text_dim), name="sequence_output"),

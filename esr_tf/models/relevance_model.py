@@ -28,7 +28,7 @@ import keras_hub
 from esr_tf.labels import LabelSet
 from esr_tf.models import attention_maps as am
 from esr_tf.models import fusion_layers as fl
-from esr_tf.models.fusion_head import build_fusion_head
+from esr_tf.models.fusion_head import build_fusion_head, head_inputs
 from esr_tf.models.relevance_backbone import TEXT_INPUTS, RelevanceBackbone
 from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
 
@@ -195,15 +195,7 @@ class RelevanceModel(keras_hub.models.Task):
 
     def score(self, text: dict, packed, image_tokens, has_image, training=None) -> dict:
         """`{"probabilities", "score"}` from `encode_text` outputs, the packed ids and image tokens."""
-        head_inputs = {
-            "sequence_output": text["sequence_output"],
-            "text_mask": text["text_mask"],
-            "token_ids": packed["token_ids"],
-            "segment_ids": packed["segment_ids"],
-            "image_tokens": image_tokens,
-            "has_image": has_image,
-        }
-        return self.fusion_head(head_inputs, training=training)
+        return self.fusion_head(head_inputs(text, packed, image_tokens, has_image), training=training)
 
     def head_model(self) -> keras.Model:
         """The trainable part above the backbone: (BERT output, feature map) -> outputs.

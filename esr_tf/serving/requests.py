@@ -123,6 +123,20 @@ def rest_predict_body(
     raise ValueError(f"form must be 'instances' (row) or 'inputs' (columnar), got {form!r}")
 
 
+def _response_object(body: dict | str | bytes, what: str) -> dict:
+    """A TF Serving REST answer as a dict: JSON text parsed, errors raised with their message."""
+    if isinstance(body, str | bytes):
+        try:
+            body = json.loads(body)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{what} is not JSON: {err}") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"{what}: expected a JSON object, got {type(body).__name__}")
+    if "error" in body:
+        raise RuntimeError(f"TF Serving returned an error: {body['error']}")
+    return body
+
+
 def parse_explain_response(body: dict | str | bytes) -> list[dict]:
     """Parses a REST response of the `explain` signature (`rest_predict_body(...,
     signature_name="explain")`): one `{"tokens": [L] str, "attention": [L][h][w]}` per example.
@@ -131,11 +145,7 @@ def parse_explain_response(body: dict | str | bytes) -> list[dict]:
     >>> parse_explain_response('{"predictions": [{"tokens": ["[CLS]"], "attention": [[[0.5]]]}]}')
     [{'tokens': ['[CLS]'], 'attention': [[[0.5]]]}]
     """
-    body = json.loads(body) if isinstance(body, str | bytes) else body
-    if not isinstance(body, dict):
-        raise ValueError(f"explain response: expected a JSON object, got {type(body).__name__}")
-    if "error" in body:
-        raise RuntimeError(f"TF Serving returned an error: {body['error']}")
+    body = _response_object(body, "explain response")
     if "outputs" in body:  # columnar: {"outputs": {"tokens": [n][L], "attention": [n][L][h][w]}}
         columns = body["outputs"]
         rows = [{"tokens": t, "attention": a} for t, a in zip(columns["tokens"], columns["attention"], strict=True)]
@@ -223,15 +233,7 @@ def parse_rest_response(body: dict | str | bytes, label_names=None) -> list[dict
     ...     ' "label": ["exact"], "score": [0.711]}}')[0]["label"]
     'exact'
     """
-    if isinstance(body, str | bytes):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"REST response is not JSON: {err}") from None
-    if not isinstance(body, dict):
-        raise ValueError(f"REST response: expected a JSON object, got {type(body).__name__}")
-    if "error" in body:
-        raise RuntimeError(f"TF Serving returned an error: {body['error']}")
+    body = _response_object(body, "REST response")
     if "predictions" in body:
         rows = body["predictions"]
         if not isinstance(rows, list):

@@ -104,7 +104,7 @@ def _evaluate(result, catalogue, run_dir: Path, resamples: int, seed: int) -> tu
         result.model, catalogue, split="test", out_dir=run_dir, predictions=predictions, resamples=resamples, seed=seed
     )
     probabilities, scores = predictions["probabilities"], predictions["score"]
-    stats = query_stats(columns["query_id"], columns["label"], probabilities, scores, label_set)
+    stats = query_stats(columns["query_id"], columns["label"], probabilities, scores, label_set=label_set)
     return report, stats
 
 

@@ -281,6 +281,7 @@ def query_stats(
     y_true: np.ndarray,
     probabilities: np.ndarray,
     scores: np.ndarray,
+    *,
     label_set: LabelSet = ESCI,
     k: int = 10,
 ) -> QueryStats:
@@ -333,7 +334,7 @@ def evaluation_report(
     if scores is None:
         probs = _as_float_array(probabilities, "probabilities", (y.size, label_set.num_labels))
         scores = probs @ np.asarray(label_set.gains, dtype=np.float64)
-    stats = query_stats(query_ids, y, probabilities, scores, label_set, k=10)
+    stats = query_stats(query_ids, y, probabilities, scores, label_set=label_set, k=10)
     report.update(_ranking_summary(stats.ranking, 10))
     if resamples:
         for name, values in stats.resample(resamples, seed).items():

@@ -151,6 +151,27 @@ def plot_training_curves(history: dict[str, list[float]], path) -> Path:
     return _save(figure, path)
 
 
+def _photo_grid(rows: list[dict], columns: int, cell_inches: tuple[float, float]):
+    """A figure of `columns`-wide cells, one per row: `(figure, [(axes, photo or None, row)])`."""
+    columns = min(columns, len(rows))
+    grid_rows = math.ceil(len(rows) / columns)
+    figure = _figure(cell_inches[0] * columns, cell_inches[1] * grid_rows)
+    cells = [(*_photo_cell(figure, (grid_rows, columns, i + 1), row), row) for i, row in enumerate(rows)]
+    return figure, cells
+
+
+def _photo_cell(figure, position: tuple[int, int, int], row: dict):
+    """A grid cell without ticks and the row's photo thumbnail, or a grey "no image" tile (None)."""
+    axes = figure.add_subplot(*position)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    photo = _load_thumbnail(str(row.get("image_path") or ""))
+    if photo is None:
+        axes.imshow(np.full((224, 224, 3), 200, dtype=np.uint8))
+        axes.text(112, 112, "no image", ha="center", va="center", color="#555555", fontsize=12)
+    return axes, photo
+
+
 def _load_thumbnail(image_path: str, size: int = 224):
     """RGB thumbnail as an array, or None when the file is missing or unreadable."""
     if not image_path:
@@ -196,18 +217,9 @@ def plot_prediction_grid(rows: list[dict], path, *, columns: int = 4) -> Path:
         if missing:
             raise ValueError(f"rows[{index}] lacks {missing} (has {sorted(row)})")
 
-    columns = min(columns, len(rows))
-    grid_rows = math.ceil(len(rows) / columns)
-    figure = _figure(3.2 * columns, 3.9 * grid_rows)
-    for index, row in enumerate(rows):
-        axes = figure.add_subplot(grid_rows, columns, index + 1)
-        axes.set_xticks([])
-        axes.set_yticks([])
-        photo = _load_thumbnail(str(row.get("image_path") or ""))
-        if photo is None:
-            axes.imshow(np.full((224, 224, 3), 200, dtype=np.uint8))
-            axes.text(112, 112, "no image", ha="center", va="center", color="#555555", fontsize=12)
-        else:
+    figure, cells = _photo_grid(rows, columns, (3.2, 3.9))
+    for axes, photo, row in cells:
+        if photo is not None:
             axes.imshow(photo)
         true, pred = str(row["true"]), str(row["pred"])
         correct = true.strip().lower() == pred.strip().lower()
@@ -257,18 +269,9 @@ def plot_attention_grid(rows: list[dict], path, *, columns: int = 3) -> Path:
     """
     if not rows:
         raise ValueError("plot_attention_grid: rows is empty")
-    columns = min(columns, len(rows))
-    grid_rows = math.ceil(len(rows) / columns)
-    figure = _figure(3.4 * columns, 4.0 * grid_rows)
-    for index, row in enumerate(rows):
-        axes = figure.add_subplot(grid_rows, columns, index + 1)
-        axes.set_xticks([])
-        axes.set_yticks([])
-        photo = _load_thumbnail(str(row.get("image_path") or ""))
-        if photo is None:
-            axes.imshow(np.full((224, 224, 3), 200, dtype=np.uint8))
-            axes.text(112, 112, "no image", ha="center", va="center", color="#555555", fontsize=12)
-        else:
+    figure, cells = _photo_grid(rows, columns, (3.4, 4.0))
+    for axes, photo, row in cells:
+        if photo is not None:
             _overlay_attention(axes, photo, row["attention"])
         true, pred = str(row["true"]), str(row["pred"])
         colour = _CORRECT if true.strip().lower() == pred.strip().lower() else _WRONG
