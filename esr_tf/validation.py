@@ -15,6 +15,7 @@ esr_tf.validation.ConfigError: epochs: expected an integer, got True
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -42,18 +43,23 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _number(value: Any, whole: bool) -> int | float | None:
+    """`value` as an int (`whole`) or a float, or None when it is not one (a bool never is)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        return (int if whole else float)(text) if (_INT_TEXT if whole else _FLOAT_TEXT).fullmatch(text) else None
+    if not whole:
+        return float(value) if isinstance(value, int | float) else None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
 def check_int(name: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
     """A decimal integer (int, integral float, or its text) within `[low, high]`."""
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
-        number = int(value.strip())
-    else:
-        number = None
+    number = _number(value, whole=True)
     if number is None:
         raise ConfigError(f"{name}: expected an integer, got {_shown(value)}")
     _check_range(name, number, low, high, False, False)
@@ -70,14 +76,7 @@ def check_float(
     high_open: bool = False,
 ) -> float:
     """A finite number (int, float, or decimal text) within the given bounds."""
-    if isinstance(value, bool):
-        number = None
-    elif isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        number = float(value.strip())
-    else:
-        number = None
+    number = _number(value, whole=False)
     if number is None:
         raise ConfigError(f"{name}: expected a number, got {_shown(value)}")
     if not math.isfinite(number):
@@ -176,4 +175,15 @@ def check_text_source(name: str, value: Any) -> str | dict:
             continue
         if not isinstance(item, str | int | float) or (isinstance(item, str) and len(item) > MAX_STRING):
             raise ConfigError(f"{name}.{key}: expected a number, string or boolean, got {_shown(item)}")
+    return value
+
+
+def load_json_object(text: str | bytes, what: str, error: type[Exception] = ValueError) -> dict:
+    """`text` parsed as a JSON object, or `error` naming `what` (a file and line, a response)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what}: invalid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise error(f"{what}: expected a JSON object, got {type(value).__name__}")
     return value

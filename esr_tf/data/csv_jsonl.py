@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from esr_tf.data.catalogue import (
 )
 from esr_tf.data.image_files import resolve_inside
 from esr_tf.labels import ESCI, LabelSet
+from esr_tf.validation import load_json_object
 
 PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "color", "image")
 EXAMPLE_COLUMNS = ("query", "query_id", "product_id", "label", "split")
@@ -150,12 +150,7 @@ def read_jsonl(path: str | Path) -> Table:
                 f"{path}, line {number}: bytes that are not valid UTF-8 at byte {e.start} of the "
                 "line (save the file as UTF-8)"
             ) from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CatalogueError(f"{path}, line {number}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise CatalogueError(f"{path}, line {number}: expected a JSON object")
+        obj = load_json_object(text, f"{path}, line {number}", CatalogueError)
         record = {}
         for key, value in obj.items():
             name = str(key).strip().lower()

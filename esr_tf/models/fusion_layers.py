@@ -203,14 +203,8 @@ class CrossAttentionBlock(keras.layers.Layer):
         return text_shape
 
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "num_heads": self.num_heads,
-            "hidden_dim": self.hidden_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "dropout": self.dropout,
-            "self_attention": self.self_attention,
-        }
+        fields = ("num_heads", "hidden_dim", "intermediate_dim", "dropout", "self_attention")
+        return {**super().get_config(), **{name: getattr(self, name) for name in fields}}
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")

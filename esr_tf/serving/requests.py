@@ -21,12 +21,12 @@ Example:
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from esr_tf.labels import ESCI, LabelSet
+from esr_tf.validation import load_json_object
 
 if TYPE_CHECKING:  # Imported lazily at run time: they pull in TensorFlow.
     from tensorflow_serving.apis import predict_pb2
@@ -126,11 +126,8 @@ def rest_predict_body(
 def _response_object(body: dict | str | bytes, what: str) -> dict:
     """A TF Serving REST answer as a dict: JSON text parsed, errors raised with their message."""
     if isinstance(body, str | bytes):
-        try:
-            body = json.loads(body)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{what} is not JSON: {err}") from None
-    if not isinstance(body, dict):
+        body = load_json_object(body, what)
+    elif not isinstance(body, dict):
         raise ValueError(f"{what}: expected a JSON object, got {type(body).__name__}")
     if "error" in body:
         raise RuntimeError(f"TF Serving returned an error: {body['error']}")

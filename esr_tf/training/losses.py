@@ -48,10 +48,5 @@ class RelevanceLoss(keras.losses.Loss):
         )
 
     def get_config(self) -> dict:
-        return {
-            **super().get_config(),
-            "num_labels": self.num_labels,
-            "kind": self.kind,
-            "gamma": self.gamma,
-            "label_smoothing": self.label_smoothing,
-        }
+        fields = ("num_labels", "kind", "gamma", "label_smoothing")
+        return {**super().get_config(), **{name: getattr(self, name) for name in fields}}

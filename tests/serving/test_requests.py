@@ -141,7 +141,7 @@ def test_parse_rest_response_row_and_columnar_forms_agree():
         ),
         ({"predictions": [[0.1, 0.9]]}, r"predictions\[0\] is not an object"),
         ({"result": 1}, "neither 'predictions' nor 'outputs'"),
-        ("not json", "not JSON"),
+        ("not json", "invalid JSON"),
     ],
 )
 def test_parse_rest_response_errors(body, match):
