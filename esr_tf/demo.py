@@ -65,7 +65,9 @@ def run_demo(
         "model": str(result.model_path),
         "metrics": str(out / "metrics.json"),
         "plots": [
-            str(out / n) for n in ("confusion_matrix.png", "training_curves.png", "predictions.png")
+            str(out / n)
+            for n in ("confusion_matrix.png", "training_curves.png", "predictions.png", "attention.png")
+            if (out / n).exists()
         ],
         "export": str(export_dir),
     }

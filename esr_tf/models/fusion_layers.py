@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from esr_tf.labels import ESCI
+
 
 @keras.saving.register_keras_serializable(package="esr_tf")
 class ImagePatchTokens(keras.layers.Layer):
@@ -223,7 +225,7 @@ class MaskedMeanPool(keras.layers.Layer):
 class ExpectedGain(keras.layers.Layer):
     """Ranking score = sum over labels of probability x gain (ESCI: E 1, S 0.1, C 0.01, I 0)."""
 
-    def __init__(self, gains: Sequence[float] = (1.0, 0.1, 0.01, 0.0), **kwargs) -> None:
+    def __init__(self, gains: Sequence[float] = ESCI.gains, **kwargs) -> None:
         super().__init__(**kwargs)
         self.gains = [float(g) for g in gains]
 
