@@ -26,7 +26,7 @@ import esr_tf.models.backbones.efficientnet_lite  # noqa: F401
 import esr_tf.models.backbones.exact_gelu_bert  # noqa: F401
 import esr_tf.models.backbones.image_backbone  # noqa: F401
 from esr_tf.models.relevance_backbone import TEXT_INPUTS
-from esr_tf.models.relevance_model import RelevanceModel
+from esr_tf.models.relevance_model import RelevanceModel, model_inputs
 
 _ASSETS = "assets/preprocessor/tokenizer/"
 
@@ -45,9 +45,7 @@ def is_legacy(path: str | Path) -> bool:
 def legacy_view(model: RelevanceModel) -> keras.Model:
     """`model`'s sub-models wired as in the earlier layout (shared weights, nothing copied)."""
     backbone = model.backbone
-    inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
-    inputs["images"] = keras.Input(tuple(backbone.image_backbone.input.shape[1:]), name="images")
-    inputs["has_image"] = keras.Input((), name="has_image")
+    inputs = model_inputs(backbone)
     text = model.text_encoder({k: inputs[k] for k in TEXT_INPUTS})
     if model.reads_photos:
         photos = model.image_encoder(backbone.gather_photos(inputs["images"], inputs["has_image"]))

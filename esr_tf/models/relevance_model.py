@@ -67,6 +67,14 @@ def _backbone_part(name: str) -> property:
     return property(lambda self: getattr(self.backbone, name), doc=f"`self.backbone.{name}`")
 
 
+def model_inputs(backbone: RelevanceBackbone) -> dict:
+    """Symbolic inputs of the model: packed ids, decoded images, has_image."""
+    inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
+    inputs["images"] = keras.Input(tuple(backbone.image_backbone.input.shape[1:]), name="images")
+    inputs["has_image"] = keras.Input((), name="has_image")
+    return inputs
+
+
 def _image_projector(image_encoder: keras.Model, hidden_dim: int) -> keras.Model:
     """Feature map (backbone channels + patch colours) -> `[B, h*w, hidden_dim]` patch tokens."""
     feature_map = keras.Input(tuple(image_encoder.output.shape[1:]), name="feature_map")
@@ -124,15 +132,8 @@ class RelevanceModel(keras_hub.models.Task):
         self.fusion = fusion  # read by the encode / score methods while the graph is built
 
         # === Layers ===
-        head = {
-            "hidden_dim": hidden_dim,
-            "num_heads": num_heads,
-            "intermediate_dim": intermediate_dim,
-            "num_fusion_layers": num_fusion_layers,
-            "text_self_attention": text_self_attention,
-            "dropout": dropout,
-            "modality_dropout": modality_dropout,
-        }
+        sizes = (hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention, dropout)
+        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout), strict=True))
         self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.EmptyImageTokens(name="no_image_tokens")
@@ -147,9 +148,7 @@ class RelevanceModel(keras_hub.models.Task):
         )
 
         # === Functional model ===
-        inputs = {k: keras.Input((None,), dtype="int32", name=k) for k in TEXT_INPUTS}
-        inputs["images"] = keras.Input(tuple(backbone.image_backbone.input.shape[1:]), name="images")
-        inputs["has_image"] = keras.Input((), name="has_image")
+        inputs = model_inputs(backbone)
         encoded = backbone(inputs)
         tokens = self.image_tokens(encoded["feature_map"])
         outputs = self.score(encoded, inputs, tokens, inputs["has_image"])
