@@ -263,19 +263,9 @@ class QueryOnlyMask(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="esr_tf")
-class EmptyImageTokens(keras.layers.Layer):
-    """A `[B, 1, 1]` zero placeholder where the `text_only` ablation has no image tokens."""
-
-    def call(self, images):
-        return ops.zeros((ops.shape(images)[0], 1, 1), dtype=images.dtype)
-
-    def compute_output_shape(self, images_shape):
-        return (images_shape[0], 1, 1)
-
-
-@keras.saving.register_keras_serializable(package="esr_tf")
 class ZeroFeatureMap(keras.layers.Layer):
-    """`[B, ...] -> [B, *shape]` zeros: the feature map of `text_only`, which reads no photo."""
+    """`[B, ...] -> [B, *shape]` zeros: `text_only` reads no photo, so its feature map and image
+    tokens (`shape=(1, 1)`) are zeros of the right batch size."""
 
     def __init__(self, shape: Sequence[int] = (1, 1, 1), **kwargs) -> None:
         super().__init__(**kwargs)

@@ -136,7 +136,7 @@ class RelevanceModel(keras_hub.models.Task):
         head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout), strict=True))
         self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
-        self.no_image_tokens = fl.EmptyImageTokens(name="no_image_tokens")
+        self.no_image_tokens = fl.ZeroFeatureMap((1, 1), name="no_image_tokens")
         self.fusion_head = build_fusion_head(
             fusion=fusion,
             text_dim=backbone.text_encoder.output["sequence_output"].shape[-1],

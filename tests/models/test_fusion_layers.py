@@ -105,7 +105,7 @@ class FusionLayerTest(TestCase):
         query_only = fl.QueryOnlyMask()
         self.run_serialization_test(query_only)
         np.testing.assert_array_equal(query_only(mask, segment_ids), [[1, 1, 1, 1, 0, 0, 0, 0]])
-        empty = fl.EmptyImageTokens()
+        empty = fl.ZeroFeatureMap((1, 1))
         self.run_serialization_test(empty)
         assert empty(_floats(3, 4, 4, 3)).shape == (3, 1, 1)
 
