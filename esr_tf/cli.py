@@ -1,4 +1,4 @@
-"""The `esr-tf` command line: demo, train, evaluate, ablate, export, verify, summary, bench.
+"""The `esr-tf` command line: demo, train, evaluate, ablate, export, verify, index, search, summary, bench.
 
 Example:
     esr-tf demo --out esr_out
@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 
+from esr_tf.cli_search import UsageError, add_search_commands
 from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
 
@@ -99,6 +100,10 @@ def cmd_train(args) -> int:
     )
     print(f"saved {result.model_path}; test {format_intervals(report)}")
     print(f"metrics in {result.out_dir / 'metrics.json'}")
+    if result.retrieval_metrics:
+        recall = result.retrieval_metrics.get("test") or result.retrieval_metrics.get("valid") or {}
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items() if k.startswith("recall"))
+        print(f"retrieval model {result.out_dir / 'retrieval.keras'} (whole-catalogue {shown}; retrieval.json)")
     return 0
 
 
@@ -189,6 +194,12 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.suite == "search":
+        from esr_tf.bench.search import run_search_bench
+
+        run_search_bench(args.out, quick=args.quick)
+        print((Path(args.out) / "search.md").read_text(), end="")
+        return 0
     from esr_tf.bench.run import run_benchmarks
 
     run_benchmarks(args.out, quick=args.quick)
@@ -224,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cpp", action="store_true")
     p.set_defaults(func=cmd_verify)
 
+    add_search_commands(sub)
+
     p = sub.add_parser("summary", help="parameters and FLOPs per branch")
     _train_args(p)
     p.set_defaults(func=cmd_summary)
@@ -233,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--suite", default="main", choices=("main", "search"),
+                   help="main: bench.json (pipeline, training, serving); search: search.json (catalogue search)")
     p.set_defaults(func=cmd_bench)
     for p in sub.choices.values():
         p.add_argument(
@@ -313,9 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     from google.protobuf.message import DecodeError
 
     from esr_tf.data import CatalogueError
+    from esr_tf.export.catalogue_index import IndexBuildError
     from esr_tf.export.versions import ExportError
     from esr_tf.models.backbones.errors import WeightsNotInstalledError
     from esr_tf.models.builder import ModelFileError
+    from esr_tf.serving.search_client import SearchRequestError
     from esr_tf.training.config import ConfigError
     from esr_tf.training.trainer import TrainingError
 
@@ -328,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         ModelFileError,
         WeightsNotInstalledError,
         TrainingError,
+        IndexBuildError,
+        SearchRequestError,
+        UsageError,
         FileExistsError,
         FileNotFoundError,
         NotADirectoryError,

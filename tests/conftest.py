@@ -42,3 +42,21 @@ def tiny_export(tiny_trained, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("serving_models")
     return export_saved_model(tiny_trained.model, base, model_name="esr", version=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_towers(tiny_trained):
+    """The two-tower retrieval model `train` saved next to `tiny_trained`'s model."""
+    import keras
+
+    return keras.saving.load_model(tiny_trained.out_dir / "retrieval.keras")
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_trained, tiny_towers, tmp_path_factory):
+    """`<base>/shop/1`: a search index export of the tiny demo shop (all its products)."""
+    from esr_tf.export.index_export import export_search_index
+
+    base = tmp_path_factory.mktemp("index_models")
+    products = list(tiny_trained.catalogue.products.values())
+    return export_search_index(tiny_trained.model, tiny_towers, products, base, model_name="shop")

@@ -25,6 +25,7 @@ LAYERS = {
     "bench": 6,
     "demo": 6,
     "cli": 7,
+    "cli_search": 7,
 }
 
 

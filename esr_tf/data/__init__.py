@@ -18,7 +18,7 @@ from esr_tf.data.catalogue import (
     Product,
     describe_catalogue,
 )
-from esr_tf.data.csv_jsonl import load_catalogue
+from esr_tf.data.csv_jsonl import load_catalogue, load_products, read_product_ids
 from esr_tf.data.demo_shop import generate_demo_shop
 from esr_tf.data.esci import load_esci
 from esr_tf.data.image_files import MAX_IMAGE_PIXELS, MAX_IMAGE_SIDE, check_image_file
@@ -35,4 +35,6 @@ __all__ = [
     "generate_demo_shop",
     "load_catalogue",
     "load_esci",
+    "load_products",
+    "read_product_ids",
 ]

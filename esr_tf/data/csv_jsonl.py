@@ -44,6 +44,7 @@ from esr_tf.data.catalogue import (
     derive_query_id,
     hash_split,
     locate,
+    log_fallbacks,
     parse_split,
 )
 from esr_tf.data.image_files import resolve_inside
@@ -296,3 +297,40 @@ def load_catalogue(
     products = _read_products(read_table(_find(root, "products")), root, fix, images)
     examples = _read_examples(read_table(_find(root, "examples")), products, label_set, fix)
     return Catalogue.loaded(root, root, products, examples, label_set, images.problems, fixes)
+
+
+def load_products(
+    path: str | Path, *, missing_images: str = "error", max_text_chars: int = 2000
+) -> dict[str, Product]:
+    """Products alone (no judged examples): a products CSV / JSONL file, or a catalogue folder's.
+
+    Image paths are relative to the file's folder; the columns and checks are
+    `load_catalogue`'s. Used to add products to a search index (`esr-tf index --add`).
+    """
+    path = Path(path)
+    file = _find(path, "products") if path.is_dir() else path
+    if not file.is_file():
+        raise CatalogueError(f"{file}: no such products file (a .csv or .jsonl, or a catalogue folder)")
+    fixes: Counter = Counter()
+    images = ImagePolicy(missing_images)
+    products = _read_products(read_table(file), file.parent, TextFixer(max_text_chars, fixes), images)
+    log_fallbacks(file, images.problems, fixes)
+    return products
+
+
+def read_product_ids(path: str | Path) -> list[str]:
+    """Product ids to remove: a CSV / JSONL with a `product_id` column, or one id per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(f"{path}: no such file of product ids")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if path.suffix.lower() == ".jsonl" or (lines and lines[0].split(",")[0].strip() == "product_id"):
+        table = read_table(path)
+        if table.unit == "row" and "product_id" not in table.columns:
+            raise CatalogueError(f"{path}: no 'product_id' column")
+        ids = [(r.get("product_id") or "").strip() for _, r in table.records]
+    else:
+        ids = lines
+    if not ids or not all(ids):
+        raise CatalogueError(f"{path}: empty product id (or no ids at all)")
+    return ids

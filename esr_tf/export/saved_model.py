@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -240,7 +241,7 @@ def sample_inputs(num: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def _reference(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def reference_outputs(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of the in-memory (Keras) signatures, stored next to the export for `verify`."""
     out = signatures["serving_default"](
         tf.constant(inputs["query"]), tf.constant(inputs["title"]), tf.constant(inputs["image"])
@@ -273,6 +274,20 @@ def export_saved_model(
         overwrite: replace an existing version (refused otherwise: servers cache versions).
         warmup: raw inputs for warm-up requests (default `sample_inputs()`), at most 1000.
 
+    See `write_version` for how versions appear atomically and parallel exports take turns.
+    """
+    return write_version(
+        base_dir, model_name, version, overwrite,
+        lambda target: _write_export(model, target, model_name, warmup, num_warmup_records),
+    )
+
+
+def write_version(
+    base_dir: str | Path, model_name: str, version: int | None, overwrite: bool, write: Callable[[Path], None]
+) -> Path:
+    """Runs `write(folder)` into a hidden staging folder, then swaps it in as
+    `<base_dir>/<model_name>/<version>` (the next version when `version` is None).
+
     Exports into one model folder take turns (`versions.export_lock`), so parallel exports get
     distinct versions, and repair what a killed one left (`versions.recover_versions`).
     """
@@ -293,7 +308,7 @@ def export_saved_model(
         staging = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=model_dir))
         try:
             target = staging / "export"
-            _write_export(model, target, model_name, warmup, num_warmup_records)
+            write(target)
             swap_in(target, final, overwrite=overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -316,7 +331,7 @@ def _write_export(model, target: Path, model_name: str, warmup, num_warmup_recor
         model_name=model_name,
     )
     write_warmup_file(extra / WARMUP_FILE_NAME, records)
-    np.savez(extra / REFERENCE_FILE, **_reference(signatures, sample_inputs()))
+    np.savez(extra / REFERENCE_FILE, **reference_outputs(signatures, sample_inputs()))
 
 
 def list_ops(export_dir: str | Path) -> set[str]:

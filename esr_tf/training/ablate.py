@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,9 @@ def ablate(
         shared: dict = {}  # the latest frozen-backbone outputs with photos, for the next mode
         for mode in modes:
             run_dir = out / mode / f"seed_{seed}"
-            run = TrainConfig(
-                **{**config.__dict__, "seed": seed, "out_dir": str(run_dir), "model": config.model.replace(fusion=mode)}
+            run = TrainConfig(  # no retrieval model: the ablation compares the fusion modes only
+                **{**config.__dict__, "seed": seed, "out_dir": str(run_dir), "model": config.model.replace(fusion=mode),
+                   "retrieval": replace(config.retrieval, epochs=0)}
             )
             offered = text_features if mode == "text_only" else shared
             result = train(run, catalogue=catalogue, features=offered or None, verbose=verbose, overwrite=overwrite)

@@ -33,7 +33,7 @@ from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.models.builder import ModelConfig
 from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
 
-__all__ = ["ConfigError", "TrainConfig", "parse_config"]
+__all__ = ["ConfigError", "RetrievalConfig", "TrainConfig", "parse_config"]
 
 LOSSES = ("crossentropy", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -42,6 +42,39 @@ MIXED_PRECISION = ("auto", "on", "off")
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_VALUES = 10_000  # values counted through YAML aliases, so alias bombs stop here
 MAX_CONFIG_DEPTH = 16
+
+
+@dataclass
+class RetrievalConfig:
+    """The two-tower retrieval model `esr-tf train` fits after the relevance model
+    (`training.retrieval`; what `esr-tf index` needs for search).
+
+    Attributes:
+        epochs: passes over the (query, exact product) pairs; 0 trains no retrieval model.
+        batch_size: pairs per batch; the other pairs' products are each query's in-batch negatives.
+        negatives_per_positive: copies of each pair, each with another judged non-exact product
+            of the same query (substitute, complement, irrelevant) as a hard negative.
+        embedding_dim: size of the query and product vectors.
+        learning_rate: Adam learning rate.
+        temperature: softmax temperature over cosine similarities.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    negatives_per_positive: int = 2
+    embedding_dim: int = 128
+    learning_rate: float = 3e-3
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.epochs = check_int("retrieval.epochs", self.epochs, low=0, high=100_000)
+        self.batch_size = check_int("retrieval.batch_size", self.batch_size, low=2, high=65_536)
+        self.negatives_per_positive = check_int(
+            "retrieval.negatives_per_positive", self.negatives_per_positive, low=1, high=64
+        )
+        self.embedding_dim = check_int("retrieval.embedding_dim", self.embedding_dim, low=2, high=4096)
+        self.learning_rate = check_float("retrieval.learning_rate", self.learning_rate, low=0, low_open=True)
+        self.temperature = check_float("retrieval.temperature", self.temperature, low=0, low_open=True, high=10)
 
 
 @dataclass
@@ -72,6 +105,7 @@ class TrainConfig:
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
         deterministic: fixed tf.data order and op determinism (slower).
         model: a `ModelConfig`.
+        retrieval: a `RetrievalConfig` (the two-tower model for catalogue search).
     """
 
     data: str = "demo"
@@ -95,6 +129,7 @@ class TrainConfig:
     strategy: str = "default"
     deterministic: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.mixed_precision, bool):  # YAML 1.1 / JSON spellings of on / off
@@ -130,6 +165,8 @@ class TrainConfig:
         self.deterministic = check_bool("deterministic", self.deterministic)
         if not isinstance(self.model, ModelConfig):
             raise ConfigError(f"model: expected a ModelConfig, got {type(self.model).__name__}")
+        if not isinstance(self.retrieval, RetrievalConfig):
+            raise ConfigError(f"retrieval: expected a RetrievalConfig, got {type(self.retrieval).__name__}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -65,6 +65,8 @@ class TrainResult:
     # Frozen-backbone outputs per split ("train", "valid", "test") when they were cached; pass
     # `features["test"]` to `evaluate_model` to score without running the backbones again.
     features: dict[str, BackboneFeatures] = field(default_factory=dict)
+    # recall@k per split of the retrieval model saved as retrieval.keras (empty: none trained)
+    retrieval_metrics: dict = field(default_factory=dict)
 
 
 def load_training_data(config: TrainConfig) -> Catalogue:
@@ -239,7 +241,12 @@ def train(
         callbacks=_callbacks(config, out, guard),
         verbose=verbose,
     )
-    return _finish(trainee.model, history.history, guard, catalogue, out, features)
+    result = _finish(trainee.model, history.history, guard, catalogue, out, features)
+    if config.retrieval.epochs:  # the two-tower model for catalogue search: retrieval.keras
+        from esr_tf.training.retrieval import fit_for_run
+
+        result.retrieval_metrics = fit_for_run(config, result, multi_worker=is_multi_worker(strategy))
+    return result
 
 
 def _prepare_run(

@@ -1,0 +1,139 @@
+"""`esr-tf index` and `esr-tf search`: catalogue search from the command line.
+
+Example:
+    esr-tf index --model esr_out/model.keras --data shop/ --base serving_models --name shop
+    esr-tf index --model esr_out/model.keras --base serving_models --name shop --add new_products.csv
+    esr-tf search --model serving_models/shop "red sneakers" --k 5
+    esr-tf search --model serving_models/shop --similar p00042
+    esr-tf search --model serving_models/shop --evaluate --data shop/ --split test --out search_eval
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from esr_tf.constants import MISSING_IMAGE_POLICIES
+
+
+class UsageError(ValueError):
+    """Flags that do not go together (exit code 2, like argparse's own errors)."""
+
+
+def _load_models(args):
+    import keras
+
+    from esr_tf.models.builder import load_model
+
+    model = load_model(args.model)
+    retrieval = Path(args.retrieval) if args.retrieval else Path(args.model).parent / "retrieval.keras"
+    if not retrieval.is_file():
+        raise FileNotFoundError(
+            f"{retrieval}: no retrieval model (esr-tf train writes retrieval.keras next to model.keras "
+            "unless retrieval.epochs=0; pass another with --retrieval)")
+    return model, keras.saving.load_model(retrieval)
+
+
+def cmd_index(args) -> int:
+    from esr_tf.data import load_catalogue, load_products, read_product_ids
+    from esr_tf.export.index_export import export_search_index, update_search_index
+
+    updating = args.add or args.remove
+    if bool(updating) == bool(args.data):
+        raise UsageError("pass --data CATALOGUE (a new index) or --add / --remove (the next version)")
+    model, towers = _load_models(args)
+    if updating:
+        add = list(load_products(args.add, missing_images=args.missing_images).values()) if args.add else []
+        remove = read_product_ids(args.remove) if args.remove else []
+        path = update_search_index(model, towers, args.base, args.name, add=add, remove=remove,
+                                   source=str(args.add or args.remove))
+    else:
+        products = load_catalogue(args.data, missing_images=args.missing_images, label_set=model.label_set).products
+        path = export_search_index(model, towers, list(products.values()), args.base, model_name=args.name,
+                                   version=args.version, overwrite=args.overwrite, source=str(args.data))
+    info = json.loads((path / "assets.extra" / "esr_tf_index.json").read_text())
+    print(f"indexed {info['products']} products ({info['photos']} photos) in {path}")
+    if args.no_verify:
+        return 0
+    from esr_tf.cli import cmd_verify
+
+    return cmd_verify(argparse.Namespace(export_dir=str(path), no_cpp=args.no_cpp))
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [f"{'#':>3}  {'product_id':<16} {'label':<11} {'score':>6}  title"]
+    for rank, hit in enumerate(rows, 1):
+        lines.append(f"{rank:>3}  {hit['product_id'][:16]:<16} {hit['label'][:11]:<11} {hit['score']:>6.3f}  "
+                     f"{hit['title'][:70]}")
+    return "\n".join(lines)
+
+
+def cmd_search(args) -> int:
+    from esr_tf.serving.search_client import SearchClient
+
+    if args.evaluate:
+        return _evaluate(args)
+    client = SearchClient(args.model)
+    if args.similar or args.complements:
+        signature = "similar_products" if args.similar else "complements"
+        results = client.products([args.similar or args.complements], signature)
+    elif args.query:
+        results = client.search([args.query], k=args.k, rerank=args.rerank)
+    else:
+        raise UsageError("pass a QUERY, --similar ID, --complements ID or --evaluate")
+    print(json.dumps(results[0], indent=1) if args.json else _table(results[0]))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from esr_tf.data import load_catalogue
+    from esr_tf.export.search_eval import evaluate_search
+    from esr_tf.serving.search_client import resolve_export
+
+    if not args.data:
+        raise UsageError("--evaluate needs --data CATALOGUE (its judged queries)")
+    catalogue = load_catalogue(args.data, missing_images=args.missing_images)
+    report = evaluate_search(resolve_export(args.model), catalogue, split=args.split, rerank=args.rerank or 50,
+                             upper_bound=not args.no_upper_bound)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "search_metrics.json").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def add_search_commands(sub) -> None:
+    p = sub.add_parser("index", help="a search index export: the catalogue embedded, retrieval + re-ranking")
+    p.add_argument("--model", required=True, help="model.keras from esr-tf train (retrieval.keras next to it)")
+    p.add_argument("--retrieval", help="the two-tower model (default: retrieval.keras next to --model)")
+    p.add_argument("--data", help="catalogue folder to index (a new index version)")
+    p.add_argument("--add", help="products CSV / JSONL (or folder) to add to the newest version")
+    p.add_argument("--remove", help="file of product ids (one per line, or a product_id column) to drop")
+    p.add_argument("--base", required=True, help="TF Serving model base folder")
+    p.add_argument("--name", default="search", help="model name (folder under --base)")
+    p.add_argument("--version", type=int, help="version number (default: next free; not with --add)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--no-cpp", action="store_true")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="query an index export: ranked products, similar products, complements")
+    p.add_argument("--model", required=True, help="index export: <base>/<name> (newest version) or a version")
+    p.add_argument("query", nargs="?", help="the shopper's query")
+    p.add_argument("--k", type=int, help="products to return (default 10)")
+    p.add_argument("--rerank", type=int, help="retrieved products the model re-ranks (default 50)")
+    p.add_argument("--similar", metavar="PRODUCT_ID", help="products similar to this one")
+    p.add_argument("--complements", metavar="PRODUCT_ID", help="complements of this product")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--evaluate", action="store_true", help="recall / nDCG over the whole catalogue (--data)")
+    p.add_argument("--data", help="catalogue folder with judged queries (for --evaluate)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    p.add_argument("--out", help="folder for search_metrics.json (with --evaluate)")
+    p.add_argument("--no-upper-bound", action="store_true",
+                   help="skip re-ranking the whole catalogue with the model (slow for big catalogues)")
+    p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
+    p.set_defaults(func=cmd_search)

@@ -1,0 +1,127 @@
+"""The catalogue side of a search index as arrays: embedded once, extended without retraining.
+
+`embed_catalogue` runs each product through the product tower and each distinct photo through
+the image branch once (`training.product_embeddings`); `merge` adds, replaces and removes
+products between index versions, re-embedding only what is new; `read_index` takes the arrays
+back out of an exported version (its variables), so `esr-tf index --add` never recomputes the
+products it already has. `models_digest` ties an index to the exact models that embedded it.
+
+Example:
+>>> arrays = embed_catalogue(model, towers, list(catalogue.products.values()))  # doctest: +SKIP
+>>> arrays = merge(arrays, embed_catalogue(model, towers, new_products), remove={"p7"})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from esr_tf.models.retrieval import product_tower
+from esr_tf.training.product_embeddings import photo_tokens, product_vectors
+
+
+class IndexBuildError(ValueError):
+    """A bad index request (empty catalogue, unknown ids, models that do not match)."""
+
+
+@dataclass
+class IndexArrays:
+    product_ids: np.ndarray  # [N] str
+    titles: np.ndarray  # [N] str
+    embeddings: np.ndarray  # [N, d] float32, unit vectors
+    photo_tokens: np.ndarray  # [U + 1, P, H] float32 (bfloat16 in the export), row 0 = no photo
+    photo_row: np.ndarray  # [N] int32
+
+    def __len__(self) -> int:
+        return len(self.product_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the catalogue's arrays in an export (tokens as bfloat16; ids and titles not counted)."""
+        return int(self.embeddings.nbytes + self.photo_tokens.size * 2 + self.photo_row.nbytes)
+
+
+def models_digest(*models) -> str:
+    """sha1 over every weight of `models` (the relevance model and the towers)."""
+    digest = hashlib.sha1()
+    for model in models:
+        for weight in model.weights:
+            digest.update(weight.path.encode())
+            digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def embed_catalogue(model, towers, products: Sequence, batch_size: int = 256) -> IndexArrays:
+    """Index arrays of `products` (`data.Product`s), each photo file encoded once."""
+    products = list(products)
+    if not products:
+        raise IndexBuildError("no products to index")
+    tokens, rows = photo_tokens(model, [p.image for p in products])
+    vectors = product_vectors(model, [p.title for p in products], tokens, rows)
+    embeddings = product_tower(towers).predict(vectors, batch_size=batch_size, verbose=0)
+    return IndexArrays(
+        product_ids=np.array([p.product_id for p in products], dtype=object),
+        titles=np.array([p.title for p in products], dtype=object),
+        embeddings=np.asarray(embeddings, np.float32),
+        photo_tokens=tokens,
+        photo_row=rows.astype(np.int32),
+    )
+
+
+def _compact(arrays: IndexArrays) -> IndexArrays:
+    """Drops photo-table rows no product points at (row 0 always stays)."""
+    used = np.unique(np.concatenate([[0], arrays.photo_row]))
+    remap = np.zeros(len(arrays.photo_tokens), np.int32)
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    arrays.photo_tokens = arrays.photo_tokens[used]
+    arrays.photo_row = remap[arrays.photo_row]
+    return arrays
+
+
+def merge(old: IndexArrays, new: IndexArrays | None = None, remove: Iterable[str] = ()) -> IndexArrays:
+    """`old` with `remove` taken out and `new` added (a product id in both: `new` replaces it)."""
+    remove = set(remove)
+    unknown = sorted(remove - set(old.product_ids.tolist()) - (set(new.product_ids.tolist()) if new else set()))
+    if unknown:
+        raise IndexBuildError(f"--remove: unknown product ids {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")
+    replaced = remove | (set(new.product_ids.tolist()) if new is not None else set())
+    keep = np.array([pid not in replaced for pid in old.product_ids.tolist()], bool)
+    parts = [(old, keep)]
+    rows, tables = [old.photo_row[keep]], [old.photo_tokens]
+    if new is not None:
+        mask = np.array([pid not in remove for pid in new.product_ids.tolist()], bool)
+        parts.append((new, mask))
+        shift = len(old.photo_tokens) - 1  # new photo rows go after the old ones; row 0 stays "no photo"
+        rows.append(np.where(new.photo_row[mask] > 0, new.photo_row[mask] + shift, 0))
+        tables.append(new.photo_tokens[1:])
+    merged = IndexArrays(
+        product_ids=np.concatenate([a.product_ids[m] for a, m in parts]),
+        titles=np.concatenate([a.titles[m] for a, m in parts]),
+        embeddings=np.concatenate([a.embeddings[m] for a, m in parts]),
+        photo_tokens=np.concatenate(tables),
+        photo_row=np.concatenate(rows).astype(np.int32),
+    )
+    if not len(merged):
+        raise IndexBuildError("the index would hold no products (every product removed)")
+    return _compact(merged)
+
+
+def read_index(export_dir: str | Path) -> IndexArrays:
+    """The arrays of an exported index version (read from its variables)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir))
+    index = getattr(loaded, "index", None)
+    if index is None:
+        raise IndexBuildError(f"{export_dir}: not a search index export (no catalogue in it)")
+    return IndexArrays(
+        product_ids=np.array([v.decode() for v in index.product_ids.numpy().tolist()], dtype=object),
+        titles=np.array([v.decode() for v in index.titles.numpy().tolist()], dtype=object),
+        embeddings=index.embeddings.numpy(),
+        photo_tokens=tf.cast(index.photo_tokens, tf.float32).numpy(),
+        photo_row=index.photo_row.numpy(),
+    )

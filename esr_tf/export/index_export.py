@@ -1,0 +1,150 @@
+"""`esr-tf index`: a versioned SavedModel that searches a whole catalogue (`search_index`).
+
+The version holds the relevance model's own signatures (`serving_default`, `embed_images`,
+`score_with_image_features`, `explain`) next to `search`, `search_top`, `similar_products` and
+`complements`, the catalogue as variables, TF Serving warm-up requests for all of them and the
+in-memory answers `esr-tf verify` compares against (`assets.extra/esr_tf_reference.npz`, calls
+stored as `call/<signature>/...`). `assets.extra/esr_tf_index.json` says which models embedded
+the catalogue (`models_digest`), so `--add` / `--remove` refuse to mix in another model's vectors.
+
+Versions are written like every export (`saved_model.write_version`: staged, swapped in, one
+export at a time). `update_search_index` reads the latest version's arrays back, embeds only the
+new products and writes the next version.
+
+Example:
+>>> path = export_search_index(model, towers, catalogue, "serving_models", model_name="shop")  # doctest: +SKIP
+>>> path = update_search_index(model, towers, "serving_models", "shop", add=new_products)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.export.catalogue_index import (
+    IndexArrays,
+    IndexBuildError,
+    embed_catalogue,
+    merge,
+    models_digest,
+    read_index,
+)
+from esr_tf.export.saved_model import (
+    REFERENCE_FILE,
+    build_signatures,
+    reference_outputs,
+    sample_inputs,
+    write_version,
+)
+from esr_tf.export.search_index import CatalogueSearch
+from esr_tf.export.versions import check_model_name
+from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
+from esr_tf.serving.search_requests import search_warmup_records
+
+INDEX_INFO_FILE = "esr_tf_index.json"
+
+
+def _calls(search: CatalogueSearch, arrays: IndexArrays) -> list[tuple[str, dict]]:
+    """Sample calls of the search signatures: product titles as queries, the first product ids."""
+    titles = [t for t in arrays.titles.tolist() if t.strip()][:3] or ["product"]
+    ids = arrays.product_ids[:2].tolist()
+    calls = [("search", {"query": titles}),
+             ("search_top", {"query": titles[:1], "k": min(3, len(arrays)), "rerank": 8})]
+    if len(arrays) > 1:
+        calls += [(name, {"product_id": ids}) for name in ("similar_products", "complements")
+                  if name in search.signatures()]
+    return calls
+
+
+def _search_reference(search: CatalogueSearch, arrays: IndexArrays) -> dict[str, np.ndarray]:
+    ref = {}
+    for name, inputs in _calls(search, arrays):
+        fn = search.signatures()[name]
+        out = fn(**{k: tf.constant(v, tf.int32) if isinstance(v, int) else tf.constant(v) for k, v in inputs.items()})
+        ref.update({f"call/{name}/input/{k}": np.asarray(v, np.int32 if isinstance(v, int) else object)
+                    for k, v in inputs.items()})
+        ref.update({f"call/{name}/output/{k}": v.numpy() for k, v in out.items()})
+    return ref
+
+
+def _write_index(search: CatalogueSearch, arrays: IndexArrays, target: Path, model_name: str, info: dict) -> None:
+    model = search.model
+    signatures = {**build_signatures(model), **search.signatures()}
+    root = tf.Module()
+    root.index = search  # `read_index` finds the catalogue arrays here
+    root.preprocessor = model.preprocessor
+    tf.saved_model.save(root, str(target), signatures=signatures)
+    extra = target / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    samples = sample_inputs()
+    records = warmup_records(list(samples["query"]), list(samples["title"]), list(samples["image"]),
+                             model_name=model_name)
+    records += search_warmup_records(arrays.titles[:4].tolist(), arrays.product_ids[:2].tolist(),
+                                     model_name=model_name, signatures=list(search.signatures()))
+    write_warmup_file(extra / WARMUP_FILE_NAME, records)
+    np.savez(extra / REFERENCE_FILE, **reference_outputs(signatures, samples), **_search_reference(search, arrays))
+    (extra / INDEX_INFO_FILE).write_text(json.dumps(info, indent=2))
+
+
+def _info(model, towers, arrays: IndexArrays, source: str) -> dict:
+    return {
+        "models_digest": models_digest(model, towers),
+        "products": len(arrays),
+        "photos": len(arrays.photo_tokens) - 1,
+        "embedding_dim": int(arrays.embeddings.shape[1]),
+        "source": source,
+        "catalogue_bytes": int(arrays.nbytes),
+    }
+
+
+def export_search_index(model, towers, products: Sequence, base_dir: str | Path, *, model_name: str = "search",
+                        version: int | None = None, overwrite: bool = False, source: str = "") -> Path:
+    """Embeds `products` (`data.Product`s) and writes a search index version; returns its path."""
+    arrays = embed_catalogue(model, towers, products)
+    return write_index(model, towers, arrays, base_dir, model_name=model_name, version=version,
+                       overwrite=overwrite, source=source)
+
+
+def write_index(model, towers, arrays: IndexArrays, base_dir: str | Path, *, model_name: str = "search",
+                version: int | None = None, overwrite: bool = False, source: str = "") -> Path:
+    """Writes already embedded `arrays` as a search index version."""
+    search = CatalogueSearch(model, towers, arrays)
+    info = _info(model, towers, arrays, source)
+    return write_version(base_dir, model_name, version, overwrite,
+                         lambda target: _write_index(search, arrays, target, model_name, info))
+
+
+def latest_version(base_dir: str | Path, model_name: str) -> Path:
+    model_dir = Path(base_dir) / check_model_name(model_name)
+    versions = sorted((int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True)
+    if not versions:
+        raise IndexBuildError(f"{model_dir}: no index version to update (build one first, without --add/--remove)")
+    return model_dir / str(versions[0])
+
+
+def update_search_index(model, towers, base_dir: str | Path, model_name: str, *, add: Sequence = (),
+                        remove: Iterable[str] = (), source: str = "") -> Path:
+    """The next version of the latest index: `add` products embedded (same id: replaced),
+    `remove` ids dropped; the other products keep their stored vectors."""
+    new = embed_catalogue(model, towers, add) if len(add) else None
+    digest = models_digest(model, towers)
+
+    def write(target: Path) -> None:  # under the export lock: no other version lands in between
+        previous = latest_version(base_dir, model_name)
+        info_path = previous / "assets.extra" / INDEX_INFO_FILE
+        if not info_path.is_file():
+            raise IndexBuildError(f"{previous}: not a search index version (no assets.extra/{INDEX_INFO_FILE})")
+        if json.loads(info_path.read_text())["models_digest"] != digest:
+            raise IndexBuildError(
+                f"{previous} was embedded by other models than --model (its model.keras / retrieval.keras "
+                "differ); rebuild the index without --add / --remove")
+        arrays = merge(read_index(previous), new, remove)
+        search = CatalogueSearch(model, towers, arrays)
+        _write_index(search, arrays, target, model_name, _info(model, towers, arrays, source))
+
+    latest_version(base_dir, model_name)  # a clear error before anything is written
+    return write_version(base_dir, model_name, None, False, write)

@@ -1,0 +1,98 @@
+"""Search quality over a whole catalogue, measured on an index export's own signatures.
+
+For every query of a split with at least one judged exact product (products the catalogue did
+not judge for a query count as irrelevant, gain 0 — said in the report):
+
+- retrieval recall@10 / @100: exact products among the first 10 / 100 by embedding alone
+  (`search_top(q, k=K, rerank=K)` returns exactly retrieval's top K, re-ordered; sorting its
+  `retrieval_scores` gives retrieval's own order);
+- the re-ranked list (`search_top(q, k=10, rerank=N)`, N = 50 by default): recall@10 of exact
+  products and nDCG@10 (tie-aware, `training.ranking`; ideal DCG from the query's judged labels);
+- the upper bound: the cross-attention model re-ranking the whole catalogue (rerank = N products).
+
+Example:
+>>> report = evaluate_search("serving_models/shop/1", catalogue, split="test")  # doctest: +SKIP
+>>> report["reranked"]["recall@10"], report["retrieval"]["recall@100"]  # doctest: +SKIP
+(0.93, 1.0)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.training.ranking import per_query_ranking
+
+NOTE = ("whole-catalogue search: products not judged for a query count as irrelevant (gain 0); "
+        "queries without a judged exact product are left out")
+
+
+def _judged(catalogue, split: str) -> dict[str, tuple[str, dict[str, float]]]:
+    """query id -> (query text, {product id: gain}) for queries with an exact product."""
+    gains = np.asarray(catalogue.label_set.gains, np.float64)
+    exact_gain = gains.max()
+    out: dict[str, tuple[str, dict[str, float]]] = {}
+    for e in catalogue.select(split):
+        out.setdefault(e.query_id, (e.query, {}))[1][e.product_id] = float(gains[e.label])
+    return {q: v for q, v in out.items() if exact_gain in v[1].values()}
+
+
+def _ranked(fn, query: str, k: int, rerank: int) -> dict[str, np.ndarray]:
+    out = fn(query=tf.constant([query]), k=tf.constant(k, tf.int32), rerank=tf.constant(rerank, tf.int32))
+    return {key: value.numpy()[0] for key, value in out.items()}
+
+
+def _list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k: int) -> tuple[float, float]:
+    """(recall@k of exact products, nDCG@k) of one ranked list of product ids."""
+    exact = {p for p, g in judged.items() if g == exact_gain}
+    top = ids[:k]
+    recall = len(exact & set(top)) / len(exact)
+    missing = [p for p in judged if p not in set(top)]
+    scores = np.concatenate([np.arange(len(top), 0, -1, dtype=np.float64), np.full(len(missing), -np.inf)])
+    gains = np.array([judged.get(p, 0.0) for p in top] + [judged[p] for p in missing])
+    result = per_query_ranking(np.zeros(len(scores), int), gains, scores, gains == exact_gain, k=k)
+    return recall, float(result.ndcg[0])
+
+
+def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = 50,
+                    upper_bound: bool = True, k: int = 10) -> dict:
+    """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc)."""
+    loaded = tf.saved_model.load(str(export_dir))
+    fn = loaded.signatures["search_top"]
+    size = int(loaded.index.product_ids.shape[0])
+    judged = _judged(catalogue, split)
+    if not judged:
+        raise ValueError(f"{catalogue.root}: no query of split {split!r} has a judged exact product")
+    exact_gain = float(max(catalogue.label_set.gains))
+    wide = min(100, size)
+    rows: dict[str, list[float]] = {key: [] for key in (
+        "retrieval@10", "retrieval@100", "reranked@10", "reranked_ndcg", "upper@10", "upper_ndcg")}
+    seconds = {"reranked": 0.0, "upper": 0.0}
+    for query, labels in judged.values():
+        wide_out = _ranked(fn, query, wide, wide)
+        by_retrieval = [p.decode() for p in wide_out["product_ids"][np.argsort(-wide_out["retrieval_scores"],
+                                                                               kind="stable")]]
+        rows["retrieval@10"].append(_list_metrics(by_retrieval, labels, exact_gain, min(k, wide))[0])
+        rows["retrieval@100"].append(_list_metrics(by_retrieval, labels, exact_gain, wide)[0])
+        for name, n in (("reranked", rerank), ("upper", size)) if upper_bound else (("reranked", rerank),):
+            start = time.perf_counter()
+            out = _ranked(fn, query, min(k, size), min(n, size))
+            seconds[name] += time.perf_counter() - start
+            recall, ndcg = _list_metrics([p.decode() for p in out["product_ids"]], labels, exact_gain, k)
+            rows[f"{name}@10"].append(recall)
+            rows[f"{name}_ndcg"].append(ndcg)
+    mean = {key: float(np.mean(v)) if v else None for key, v in rows.items()}
+    queries = len(judged)
+    report = {
+        "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "note": NOTE,
+        "retrieval": {"recall@10": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
+        "reranked": {"recall@10": mean["reranked@10"], "ndcg@10": mean["reranked_ndcg"],
+                     "ms_per_query": 1000 * seconds["reranked"] / queries},
+    }
+    if upper_bound:
+        report["whole_catalogue_reranked"] = {"recall@10": mean["upper@10"], "ndcg@10": mean["upper_ndcg"],
+                                              "ms_per_query": 1000 * seconds["upper"] / queries}
+    return report

@@ -1,0 +1,184 @@
+"""Search over a whole catalogue in one servable graph: retrieval, then cross-attention re-ranking.
+
+`CatalogueSearch` (a `tf.Module`) holds the relevance model, the query tower and the catalogue as
+variables: product ids, titles, unit product vectors `[N, d]`, a bfloat16 table of image tokens
+(one row per distinct photo; row 0 "no photo") and each product's row in it. Its functions use
+stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
+
+- `search(query)` / `search_top(query, k, rerank)`: the query tower's vector against every
+  product (exact brute force: one matmul and `top_k`; `k` is dynamic, which keras_rs's
+  `BruteForceRetrieval` layer does not allow), the best `rerank` of them scored by the
+  cross-attention model on the cached image tokens, the best `k` of those by its `score`;
+- `similar_products(product_id)`: nearest products by product vector (the product left out);
+- `complements(product_id)`: the `COMPLEMENT_POOL` nearest products re-ranked by the model's
+  complement probability with the product's title as the query (only where the label set has a
+  complement label). The pool is what retrieval finds near the product: complements far from it
+  in embedding space are not seen.
+
+Outputs per query: `product_ids`, `titles`, `labels` [B, k] strings, `scores` [B, k] (the model's
+expected gain; complement probability for `complements`), `probabilities` [B, k, num_labels],
+`retrieval_scores` [B, k] (cosine). Bad input is an `InvalidArgumentError` naming it: an empty
+query, k outside 1..catalogue size, an unknown product id, too many rows.
+
+Example:
+>>> search = CatalogueSearch(model, towers, embed_catalogue(model, towers, products))  # doctest: +SKIP
+>>> search.search(tf.constant(["red sneakers"]))["product_ids"].shape  # doctest: +SKIP
+TensorShape([1, 10])
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from esr_tf.export.catalogue_index import IndexArrays
+from esr_tf.models.retrieval import query_tower, sentence_embedding, trim_padding
+
+DEFAULT_K = 10
+DEFAULT_RERANK = 50
+COMPLEMENT_POOL = 100
+MAX_SEARCH_ROWS = 64  # queries (or product ids) per request: each costs `rerank` model pairs
+
+_STRINGS = tf.TensorSpec([None], tf.string)
+_INT = tf.TensorSpec([], tf.int32)
+
+
+def complement_label(label_set) -> int | None:
+    """Index of the complement label (code "C" or name "complement"), or None."""
+    for i, (name, code) in enumerate(zip(label_set.names, label_set.codes, strict=True)):
+        if code.upper() == "C" or name.lower() == "complement":
+            return i
+    return None
+
+
+class CatalogueSearch(tf.Module):
+    """The catalogue and the models that search it (see the module docstring)."""
+
+    def __init__(self, model, towers, arrays: IndexArrays, name: str = "catalogue_search") -> None:
+        super().__init__(name=name)
+        if not len(arrays.product_ids):
+            raise ValueError("an index needs at least one product")
+        self.model = model
+        self.query_tower = query_tower(towers)
+        self.size = len(arrays.product_ids)
+        self.product_ids = tf.Variable(arrays.product_ids.astype(str).tolist(), trainable=False, name="product_ids")
+        self.titles = tf.Variable(arrays.titles.astype(str).tolist(), trainable=False, name="titles")
+        self.embeddings = tf.Variable(arrays.embeddings.astype("float32"), trainable=False, name="embeddings")
+        # bfloat16: half the bytes of float32, and no oneDNN float16 fallback warnings on CPU.
+        tokens = tf.cast(tf.constant(arrays.photo_tokens, tf.float32), tf.bfloat16)
+        self.photo_tokens = tf.Variable(tokens, trainable=False, name="photo_tokens")
+        self.photo_row = tf.Variable(arrays.photo_row.astype("int32"), trainable=False, name="photo_row")
+        self.label_names = tf.constant(list(model.label_set.names))
+        self.complement = complement_label(model.label_set)
+        self.search = tf.function(self._search, input_signature=[_STRINGS])
+        self.search_top = tf.function(self._search_top, input_signature=[_STRINGS, _INT, _INT])
+        self.similar_products = tf.function(self._similar, input_signature=[_STRINGS])
+        if self.complement is not None:
+            self.complements = tf.function(self._complements, input_signature=[_STRINGS])
+
+    def signatures(self) -> dict:
+        """name -> tf.function, for the export."""
+        names = ["search", "search_top", "similar_products"] + (["complements"] if self.complement is not None else [])
+        return {n: getattr(self, n) for n in names}
+
+    # === Input checks (InvalidArgumentError naming the input, before any work starts) ===
+
+    def _rows(self, values: tf.Tensor, what: str) -> tf.Tensor:
+        return _checked(values, tf.shape(values)[0] <= MAX_SEARCH_ROWS,
+                        [f"request refused: more than {MAX_SEARCH_ROWS} {what} rows; split it"])
+
+    def _k(self, k: tf.Tensor, name: str = "k") -> tf.Tensor:
+        ok = tf.logical_and(k >= 1, k <= self.size)
+        return _checked(k, ok, [f"{name} must be in 1..{self.size} (the catalogue size), got", k])
+
+    def _queries(self, query: tf.Tensor) -> tf.Tensor:
+        query = self._rows(query, "query")
+        empty = tf.equal(tf.strings.length(tf.strings.strip(query)), 0)
+        return _checked(query, tf.logical_not(tf.reduce_any(empty)), ["empty query at rows", tf.where(empty)[:, 0]])
+
+    def _lookup(self, product_id: tf.Tensor) -> tf.Tensor:
+        """Catalogue rows of `product_id` [B] (an unknown id is an error naming it)."""
+        product_id = self._rows(product_id, "product_id")
+        hits = tf.equal(product_id[:, None], self.product_ids[None, :])
+        found = tf.reduce_any(hits, axis=1)
+        hits = _checked(hits, tf.reduce_all(found), ["unknown product_id:", tf.boolean_mask(product_id, ~found)])
+        return tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
+
+    # === Retrieval and re-ranking ===
+
+    def _retrieve(self, vectors: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(cosine [B, n], rows [B, n]): exact top-n products by dot product."""
+        scores = tf.matmul(vectors, self.embeddings, transpose_b=True)
+        return tf.math.top_k(scores, n)
+
+    def _rerank(self, queries: tf.Tensor, rows: tf.Tensor) -> dict[str, tf.Tensor]:
+        """The relevance model on every (query, retrieved product): `[B, n]` score, `[B, n, L]`."""
+        n = tf.shape(rows)[1]
+        flat = tf.reshape(rows, [-1])
+        photo = tf.gather(self.photo_row, flat)
+        tokens = tf.cast(tf.gather(self.photo_tokens, photo), tf.float32)
+        has_image = tf.cast(photo > 0, tf.float32)
+        pre = self.model.preprocessor
+        packed = trim_padding(pre.tokenize(tf.repeat(queries, n), tf.gather(self.titles, flat)))
+        text = self.model.encode_text(packed, training=False)
+        out = self.model.score(text, packed, tokens, has_image, training=False)
+        shape = tf.shape(rows)
+        return {"score": tf.reshape(tf.cast(out["score"], tf.float32), shape),
+                "probabilities": tf.reshape(tf.cast(out["probabilities"], tf.float32), tf.concat([shape, [-1]], 0))}
+
+    def _ranked(self, rows, retrieval, scored, key: tf.Tensor, k) -> dict[str, tf.Tensor]:
+        """The best `k` of `rows` by `key` [B, n], with their outputs."""
+        top, order = tf.math.top_k(key, k)
+        rows = tf.gather(rows, order, batch_dims=1)
+        probabilities = tf.gather(scored["probabilities"], order, batch_dims=1)
+        return {
+            "product_ids": tf.gather(self.product_ids, rows),
+            "titles": tf.gather(self.titles, rows),
+            "labels": tf.gather(self.label_names, tf.argmax(probabilities, axis=-1, output_type=tf.int32)),
+            "scores": top,
+            "probabilities": probabilities,
+            "retrieval_scores": tf.gather(retrieval, order, batch_dims=1),
+        }
+
+    def query_vectors(self, query: tf.Tensor) -> tf.Tensor:
+        return self.query_tower(sentence_embedding(self.model, query), training=False)
+
+    def _search_top(self, query, k, rerank):
+        query = self._queries(query)
+        k = self._k(k)
+        n = tf.clip_by_value(tf.maximum(rerank, k), 1, self.size)  # re-rank at least k, at most all
+        retrieval, rows = self._retrieve(self.query_vectors(query), n)
+        scored = self._rerank(query, rows)
+        return self._ranked(rows, retrieval, scored, scored["score"], k)
+
+    def _search(self, query):
+        return self._search_top(query, tf.constant(min(DEFAULT_K, self.size)), tf.constant(DEFAULT_RERANK))
+
+    def _neighbours(self, rows, n: int):
+        """(cosine [B, n], rows [B, n]) of the products nearest each of `rows`, itself left out."""
+        vectors = tf.gather(self.embeddings, rows)
+        scores = tf.matmul(vectors, self.embeddings, transpose_b=True)
+        scores = scores + tf.one_hot(rows, self.size, on_value=-1e9)  # never the product itself
+        return tf.math.top_k(scores, n)
+
+    def _similar(self, product_id):
+        k = min(DEFAULT_K, self.size - 1)
+        rows = self._lookup(product_id)
+        rows = _checked(rows, tf.constant(k >= 1), ["similar_products needs a catalogue of 2 or more products"])
+        retrieval, near = self._neighbours(rows, k)
+        scored = self._rerank(tf.gather(self.titles, rows), near)
+        return self._ranked(near, retrieval, scored, retrieval, k)
+
+    def _complements(self, product_id):
+        pool = min(COMPLEMENT_POOL, self.size - 1)
+        k = min(DEFAULT_K, pool)
+        rows = self._lookup(product_id)
+        rows = _checked(rows, tf.constant(k >= 1), ["complements needs a catalogue of 2 or more products"])
+        retrieval, near = self._neighbours(rows, pool)
+        scored = self._rerank(tf.gather(self.titles, rows), near)
+        return self._ranked(near, retrieval, scored, scored["probabilities"][..., self.complement], k)
+
+
+def _checked(value: tf.Tensor, condition: tf.Tensor, data: list) -> tf.Tensor:
+    """`value`, usable only after `condition` held (InvalidArgumentError with `data` otherwise)."""
+    with tf.control_dependencies([tf.debugging.Assert(condition, data, summarize=10)]):
+        return tf.identity(value)

@@ -1,0 +1,79 @@
+"""What retrieval and the search index compute once per query, product and photo (numpy).
+
+- `text_embeddings`: `sentence_embedding` of many texts, batched, each distinct text once;
+- `photo_tokens`: the model's image tokens of each distinct photo file (`encode_images`), the
+  table the search index re-ranks from, plus each product's row in it;
+- `product_vectors`: the product tower's inputs for products (text + mean image token).
+
+Example:
+>>> tokens, rows = photo_tokens(model, ["a.jpg", "", "a.jpg"])  # doctest: +SKIP
+>>> rows.tolist()  # doctest: +SKIP
+[1, 0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.models.retrieval import sentence_embedding
+from esr_tf.preprocessing.pipeline import AUTOTUNE
+
+
+def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+    """`[N, H]` float32 sentence embeddings of `texts` (repeated texts are computed once)."""
+    texts = np.asarray(texts, dtype=object).astype(str)
+    unique, inverse = np.unique(texts, return_inverse=True)
+    width = model.text_encoder.output["sequence_output"].shape[-1]
+    if not len(unique):
+        return np.zeros((0, width), np.float32)
+    embed = tf.function(lambda t: sentence_embedding(model, t), input_signature=[tf.TensorSpec([None], tf.string)])
+    # Similar lengths batched together: each batch runs only up to its longest text.
+    order = np.argsort([len(t) for t in unique], kind="stable")
+    out = np.zeros((len(unique), width), np.float32)
+    for start in range(0, len(unique), batch_size):
+        rows = order[start : start + batch_size]
+        out[rows] = embed(tf.constant(unique[rows].tolist())).numpy()
+    return out[inverse.reshape(-1)]
+
+
+def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(`[U + 1, P, H]` float32 image tokens, `[N]` int32 row of each path).
+
+    Row 0 is "no photo" (zeros); every distinct non-empty path is decoded and encoded once.
+    `text_only` models read no photo: one zero row for everything.
+    """
+    paths = [str(p) for p in paths]
+    unique = sorted({p for p in paths if p}) if model.reads_photos else []
+    row = {p: i + 1 for i, p in enumerate(unique)}
+    rows = np.array([row.get(p, 0) for p in paths], np.int32)
+    shape = tuple(model.fusion_head.input["image_tokens"].shape[1:])
+    table = np.zeros((len(unique) + 1, *shape), np.float32)
+    if not unique:
+        return table, rows
+    decoder = model.preprocessor.image_decoder
+    encode = tf.function(lambda images, has: model.encode_images(images, has, training=False))
+    ds = (
+        tf.data.Dataset.from_tensor_slices(unique)
+        .map(lambda p: decoder(tf.io.read_file(p)[None]), num_parallel_calls=AUTOTUNE)
+        .unbatch()
+        .batch(batch_size)
+        .prefetch(AUTOTUNE)
+    )
+    start = 1
+    for images, has in ds:
+        tokens = encode(images, has).numpy()
+        table[start : start + len(tokens)] = tokens
+        start += len(tokens)
+    return table, rows
+
+
+def product_vectors(model, texts: Sequence[str], tokens: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The product tower's inputs: `product_embedding`, `image_vector`, `has_image`."""
+    rows = np.asarray(rows, np.int32)
+    has_image = (rows > 0).astype(np.float32)
+    means = tokens.mean(axis=1, dtype=np.float32)  # per photo, not per product: photos repeat
+    vectors = means[rows] * has_image[:, None]
+    return {"product_embedding": text_embeddings(model, texts), "image_vector": vectors, "has_image": has_image}

@@ -1,0 +1,157 @@
+"""The search index export (#16): retrieval + re-ranking in one SavedModel, verify, --add / --remove,
+and the errors bad requests get."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_index):
+    import tensorflow_text  # noqa: F401
+
+    return tf.saved_model.load(str(tiny_index))
+
+
+def _search(loaded, queries, k=None, rerank=None):
+    if k is None:
+        return loaded.signatures["search"](query=tf.constant(queries))
+    return loaded.signatures["search_top"](query=tf.constant(queries), k=tf.constant(k), rerank=tf.constant(rerank))
+
+
+def test_signatures_and_outputs(loaded, tiny_trained):
+    assert {"search", "search_top", "similar_products", "complements", "serving_default", "embed_images",
+            "score_with_image_features"} <= set(loaded.signatures)
+    out = _search(loaded, ["red sneakers", "blue mug"])
+    ids = out["product_ids"].numpy()
+    assert ids.shape == (2, 10)
+    catalogue = {p.encode() for p in tiny_trained.catalogue.products}
+    for row in ids.tolist():
+        assert len(set(row)) == 10 and set(row) <= catalogue
+    assert out["probabilities"].shape == (2, 10, 4)
+    scores = out["scores"].numpy()
+    assert np.all(np.diff(scores, axis=1) <= 1e-6), "re-ranked by score, best first"
+    labels = set(out["labels"].numpy().ravel().tolist())
+    assert labels <= {n.encode() for n in tiny_trained.model.label_set.names}
+
+
+def test_search_top_reranks_retrievals_top_n(loaded):
+    out = _search(loaded, ["green cap"], k=3, rerank=7)
+    assert out["product_ids"].shape == (1, 3)
+    wide = _search(loaded, ["green cap"], k=7, rerank=7)
+    assert set(out["product_ids"].numpy()[0]) <= set(wide["product_ids"].numpy()[0])
+    # rerank below k re-ranks k products; beyond the catalogue, all of them
+    assert _search(loaded, ["green cap"], k=5, rerank=1)["product_ids"].shape == (1, 5)
+    size = int(loaded.index.product_ids.shape[0])
+    assert _search(loaded, ["green cap"], k=size, rerank=10 * size)["product_ids"].shape == (1, size)
+
+
+def test_scores_match_the_relevance_model(loaded, tiny_trained):
+    """The re-ranking score is the model's own score of (query, title, cached photo tokens)."""
+    out = _search(loaded, ["red sneakers"], k=3, rerank=3)
+    products = tiny_trained.catalogue.products
+    ids = [p.decode() for p in out["product_ids"].numpy()[0]]
+    images = [open(products[p].image, "rb").read() if products[p].image else b"" for p in ids]
+    direct = loaded.signatures["serving_default"](
+        query=tf.constant(["red sneakers"] * 3), title=tf.constant([products[p].title for p in ids]),
+        image=tf.constant(images))
+    # bfloat16 image tokens in the index: close, not bit-equal
+    np.testing.assert_allclose(out["scores"].numpy()[0], direct["score"].numpy(), atol=0.02)
+
+
+def test_similar_products_and_complements(loaded):
+    pid = loaded.index.product_ids.numpy()[0]
+    similar = loaded.signatures["similar_products"](product_id=tf.constant([pid]))
+    ids = similar["product_ids"].numpy()[0].tolist()
+    assert pid not in ids and len(set(ids)) == len(ids) == 10
+    assert np.all(np.diff(similar["scores"].numpy()[0]) <= 1e-6)
+    comp = loaded.signatures["complements"](product_id=tf.constant([pid]))
+    assert pid not in comp["product_ids"].numpy()[0].tolist()
+    p_c = comp["probabilities"].numpy()[0][:, 2]
+    np.testing.assert_allclose(comp["scores"].numpy()[0], p_c, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda l: _search(l, ["  "]), "empty query"),
+        (lambda l: _search(l, ["red"], k=0, rerank=5), "k must be in 1.."),
+        (lambda l: _search(l, ["red"], k=100_000, rerank=5), "k must be in 1.."),
+        (lambda l: _search(l, ["red"] * 65), "more than 64"),
+        (lambda l: l.signatures["similar_products"](product_id=tf.constant(["no-such-id"])), "no-such-id"),
+        (lambda l: l.signatures["complements"](product_id=tf.constant(["x", "no-such-id"])), "unknown product_id"),
+    ],
+)
+def test_bad_requests_name_the_input(loaded, call, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        call(loaded)
+
+
+def test_verify_passes_in_a_fresh_process(tiny_index):
+    from esr_tf.export.verify import verify_export
+
+    report = verify_export(tiny_index, cpp=False)
+    assert report["ok"], report
+    signatures = {c["signature"] for c in report["load"]["checks"]}
+    assert {"search", "search_top", "similar_products", "complements"} <= signatures
+    assert any(c["output"] == "product_ids distinct" for c in report["load"]["checks"])
+    assert not any(report["load"]["modules"].values()), "only tensorflow + tensorflow_text in that process"
+    info = json.loads((tiny_index / "assets.extra" / "esr_tf_index.json").read_text())
+    assert info["products"] == int(tf.saved_model.load(str(tiny_index)).index.product_ids.shape[0])
+
+
+def test_warmup_records_cover_search(tiny_index):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = tiny_index / "assets.extra" / "tf_serving_warmup_requests"
+    records = [prediction_log_pb2.PredictionLog.FromString(r)
+               for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
+    names = {r.predict_log.request.model_spec.signature_name for r in records}
+    assert {"serving_default", "search", "search_top", "similar_products", "complements"} <= names
+
+
+def test_add_and_remove_make_new_versions(tiny_index, tiny_trained, tiny_towers):
+    from esr_tf.data import Product
+    from esr_tf.export.index_export import update_search_index
+    from esr_tf.serving.search_client import SearchClient
+
+    base, name = tiny_index.parent.parent, tiny_index.parent.name
+    before = SearchClient(tiny_index)
+    photo = next(p.image for p in tiny_trained.catalogue.products.values() if p.image)
+    new = [Product("new-1", "Zorblax quantum teapot", image=photo), Product("new-2", "Zorblax quantum mug")]
+    removed = before.search(["teapot"], k=1)[0][0]["product_id"]
+    v2 = update_search_index(tiny_trained.model, tiny_towers, base, name, add=new, remove=[removed])
+    assert v2.name == "2" and (tiny_index.parent / "1").is_dir()
+    after = SearchClient(base / name)  # the newest version
+    assert after.export_dir == v2 and after.size == before.size + 1
+    found = [h["product_id"] for h in after.search(["zorblax quantum teapot"], k=after.size)[0]]
+    assert {"new-1", "new-2"} <= set(found) and removed not in found
+    similar = after.products(["new-1"])[0]
+    assert all(h["product_id"] != "new-1" for h in similar)
+    # the old products keep their stored vectors, bit for bit
+    from esr_tf.export.catalogue_index import read_index
+
+    old, now = read_index(tiny_index), read_index(v2)
+    keep = [i for i, p in enumerate(old.product_ids) if p != removed]
+    np.testing.assert_array_equal(now.embeddings[: len(keep)], old.embeddings[keep])
+
+
+def test_update_refuses_other_models_and_bad_removals(tiny_index, tiny_trained, tiny_towers):
+    from esr_tf.export.catalogue_index import IndexBuildError
+    from esr_tf.export.index_export import update_search_index
+    from esr_tf.models.retrieval import build_two_tower
+
+    base, name = tiny_index.parent.parent, tiny_index.parent.name
+    other = build_two_tower(text_dim=tiny_towers.input["query_embedding"].shape[-1],
+                            image_dim=tiny_towers.input["image_vector"].shape[-1])
+    with pytest.raises(IndexBuildError, match="other models"):
+        update_search_index(tiny_trained.model, other, base, name, remove=["x"])
+    with pytest.raises(IndexBuildError, match="unknown product ids"):
+        update_search_index(tiny_trained.model, tiny_towers, base, name, remove=["no-such-id"])
+    with pytest.raises(IndexBuildError, match="no index version"):
+        update_search_index(tiny_trained.model, tiny_towers, base, "never-built", remove=["x"])
+    assert not [p for p in tiny_index.parent.iterdir() if p.name.startswith(".")], "no staging left behind"
