@@ -74,19 +74,21 @@ def _search_reference(search: CatalogueSearch, arrays: IndexArrays) -> dict[str,
 def _write_index(search: CatalogueSearch, arrays: IndexArrays, target: Path, model_name: str, info: dict) -> None:
     model = search.model
     signatures = {**build_signatures(model), **search.signatures()}
+    samples = sample_inputs()
+    # Reference answers first: tracing for these calls is reused by the save, not the reverse (2x faster).
+    reference = {**reference_outputs(signatures, samples), **_search_reference(search, arrays)}
     root = tf.Module()
     root.index = search  # `read_index` finds the catalogue arrays here
     root.preprocessor = model.preprocessor
     tf.saved_model.save(root, str(target), signatures=signatures)
     extra = target / "assets.extra"
     extra.mkdir(exist_ok=True)
-    samples = sample_inputs()
     records = warmup_records(list(samples["query"]), list(samples["title"]), list(samples["image"]),
                              model_name=model_name)
     records += search_warmup_records(arrays.titles[:4].tolist(), arrays.product_ids[:2].tolist(),
                                      model_name=model_name, signatures=list(search.signatures()))
     write_warmup_file(extra / WARMUP_FILE_NAME, records)
-    np.savez(extra / REFERENCE_FILE, **reference_outputs(signatures, samples), **_search_reference(search, arrays))
+    np.savez(extra / REFERENCE_FILE, **reference)
     (extra / INDEX_INFO_FILE).write_text(json.dumps(info, indent=2))
 
 

@@ -78,12 +78,12 @@ def test_similar_products_and_complements(loaded):
 @pytest.mark.parametrize(
     "call, message",
     [
-        (lambda l: _search(l, ["  "]), "empty query"),
-        (lambda l: _search(l, ["red"], k=0, rerank=5), "k must be in 1.."),
-        (lambda l: _search(l, ["red"], k=100_000, rerank=5), "k must be in 1.."),
-        (lambda l: _search(l, ["red"] * 65), "more than 64"),
-        (lambda l: l.signatures["similar_products"](product_id=tf.constant(["no-such-id"])), "no-such-id"),
-        (lambda l: l.signatures["complements"](product_id=tf.constant(["x", "no-such-id"])), "unknown product_id"),
+        (lambda m: _search(m, ["  "]), "empty query"),
+        (lambda m: _search(m, ["red"], k=0, rerank=5), "k must be in 1.."),
+        (lambda m: _search(m, ["red"], k=100_000, rerank=5), "k must be in 1.."),
+        (lambda m: _search(m, ["red"] * 65), "more than 64"),
+        (lambda m: m.signatures["similar_products"](product_id=tf.constant(["no-such-id"])), "no-such-id"),
+        (lambda m: m.signatures["complements"](product_id=tf.constant(["x", "no-such-id"])), "unknown product_id"),
     ],
 )
 def test_bad_requests_name_the_input(loaded, call, message):

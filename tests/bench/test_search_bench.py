@@ -1,0 +1,28 @@
+"""Smoke test of `esr-tf bench --suite search`: every size has its figures (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from esr_tf.models.builder import TINY_MODEL as TINY
+
+
+@pytest.mark.slow
+def test_quick_search_suite_writes_every_figure(tmp_path):
+    from esr_tf.bench.search import SIZES, run_search_bench
+
+    run_search_bench(tmp_path, quick=True, model_overrides=TINY)
+    result = json.loads((tmp_path / "search.json").read_text())
+    assert [r["products"] for r in result["rows"]] == list(SIZES[True])
+    for row in result["rows"]:
+        for key in ("search_p50_ms", "search_p99_ms", "catalogue_bytes_per_product", "retrieval_vs_faiss"):
+            assert math.isfinite(row[key]) and row[key] > 0, key
+        assert row["search_p50_ms"] <= row["search_p99_ms"]
+        assert row["faiss_flat"]["n"] == row["faiss_flat_1_thread"]["n"] == row["retrieval"]["n"]
+    build = result["build"]
+    assert build["build_ms_per_product"] > 0 and build["export_bytes"] > build["export_variables_bytes"] > 0
+    assert len(result["load_average"]["before"]) == 3
+    assert "| products |" in (tmp_path / "search.md").read_text()

@@ -1,0 +1,85 @@
+"""`esr-tf index` / `esr-tf search` (#16): exit 0 on success, 2 with a one-line message on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from esr_tf import cli
+
+
+def _run(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_search_prints_a_ranked_table(tiny_index, capsys):
+    code, out, _ = _run(["search", "--model", str(tiny_index.parent), "red sneakers", "--k", "3"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].split()[:4] == ["#", "product_id", "label", "score"] and len(lines) == 4
+    code, out, _ = _run(["search", "--model", str(tiny_index), "red sneakers", "--json"], capsys)
+    assert code == 0 and len(json.loads(out)) == 10
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["red", "--k", "0"], "k must be an integer >= 1"),
+    (["red", "--k", "100000"], "k must be in 1.."),
+    (["--similar", "no-such-id"], "unknown product_id: no-such-id"),
+    (["  "], "non-empty string"),
+    ([], "pass a QUERY"),
+])
+def test_bad_search_requests_exit_2(tiny_index, capsys, argv, message):
+    code, _, err = _run(["search", "--model", str(tiny_index), *argv], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_search_on_a_folder_without_an_index_exits_2(tmp_path, capsys):
+    code, _, err = _run(["search", "--model", str(tmp_path), "red"], capsys)
+    assert code == 2 and "no saved_model.pb" in err
+
+
+def test_evaluate_over_the_whole_catalogue(tiny_index, tiny_catalogue, tmp_path, capsys):
+    code, out, _ = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root),
+                         "--out", str(tmp_path)], capsys)
+    assert code == 0
+    report = json.loads((tmp_path / "search_metrics.json").read_text())
+    assert report["catalogue_products"] == len(tiny_catalogue.products)
+    for part in ("retrieval", "reranked", "whole_catalogue_reranked"):
+        assert all(v is None or 0 <= v <= 1 for k, v in report[part].items() if not k.startswith("ms"))
+    assert "count as irrelevant" in report["note"]
+
+
+def test_index_flags_and_missing_retrieval_model(tiny_trained, tmp_path, capsys):
+    model = str(tiny_trained.model_path)
+    code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--data", "x", "--add", "y"], capsys)
+    assert code == 2 and "--data" in err
+    code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--data", str(tmp_path),
+                         "--retrieval", str(tmp_path / "none.keras")], capsys)
+    assert code == 2 and "no retrieval model" in err
+
+
+@pytest.mark.slow
+def test_index_then_add_and_remove(tiny_trained, tiny_catalogue, tmp_path, capsys):
+    model, base = str(tiny_trained.model_path), str(tmp_path / "models")
+    code, out, _ = _run(["index", "--model", model, "--data", str(tiny_catalogue.root), "--base", base,
+                         "--name", "shop", "--no-verify"], capsys)
+    assert code == 0 and "indexed" in out
+    root = tiny_catalogue.root
+    (tmp_path / "more.csv").write_text("product_id,title,image\nnew-9,Zorblax quantum teapot,\n")
+    gone = next(iter(tiny_catalogue.products))
+    (tmp_path / "gone.txt").write_text(gone + "\n")
+    code, out, _ = _run(["index", "--model", model, "--base", base, "--name", "shop", "--add",
+                         str(tmp_path / "more.csv"), "--remove", str(tmp_path / "gone.txt"), "--no-verify"], capsys)
+    assert code == 0 and "shop/2" in out
+    code, out, _ = _run(["search", "--model", f"{base}/shop", "zorblax quantum teapot", "--json",
+                         "--k", str(len(tiny_catalogue.products))], capsys)
+    ids = [h["product_id"] for h in json.loads(out)]
+    assert "new-9" in ids and gone not in ids
+    code, _, err = _run(["index", "--model", model, "--base", base, "--name", "shop", "--remove",
+                         str(tmp_path / "gone.txt")], capsys)
+    assert code == 2 and "unknown product ids" in err
+    assert root.is_dir()
