@@ -121,7 +121,7 @@ def read_index(export_dir: str | Path) -> IndexArrays:
     return IndexArrays(
         product_ids=np.array([v.decode() for v in index.product_ids.numpy().tolist()], dtype=object),
         titles=np.array([v.decode() for v in index.titles.numpy().tolist()], dtype=object),
-        embeddings=index.embeddings.numpy(),
+        embeddings=np.ascontiguousarray(index.embeddings.numpy().T),  # stored [d, N]
         photo_tokens=tf.cast(index.photo_tokens, tf.float32).numpy(),
         photo_row=index.photo_row.numpy(),
     )
