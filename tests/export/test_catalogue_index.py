@@ -42,3 +42,10 @@ def test_merge_refuses_unknown_and_empty():
         merge(old, None, remove=["zz"])
     with pytest.raises(IndexBuildError, match="no products"):
         merge(old, None, remove=["a"])
+
+
+def test_an_empty_catalogue_is_refused(tiny_trained, tiny_towers):
+    from esr_tf.export.catalogue_index import embed_catalogue
+
+    with pytest.raises(IndexBuildError, match="no products to index"):
+        embed_catalogue(tiny_trained.model, tiny_towers, [])

@@ -63,23 +63,29 @@ def test_index_flags_and_missing_retrieval_model(tiny_trained, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_index_then_add_and_remove(tiny_trained, tiny_catalogue, tmp_path, capsys):
-    model, base = str(tiny_trained.model_path), str(tmp_path / "models")
-    code, out, _ = _run(["index", "--model", model, "--data", str(tiny_catalogue.root), "--base", base,
-                         "--name", "shop", "--no-verify"], capsys)
-    assert code == 0 and "indexed" in out
-    root = tiny_catalogue.root
+def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue, tiny_index, tmp_path, capsys):
+    import shutil
+
+    model, base = str(tiny_trained.model_path), tmp_path / "models"
+    shutil.copytree(tiny_index, base / "shop" / "1")  # version 1 as `esr-tf index --data` wrote it
     (tmp_path / "more.csv").write_text("product_id,title,image\nnew-9,Zorblax quantum teapot,\n")
     gone = next(iter(tiny_catalogue.products))
     (tmp_path / "gone.txt").write_text(gone + "\n")
-    code, out, _ = _run(["index", "--model", model, "--base", base, "--name", "shop", "--add",
+    code, out, _ = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--add",
                          str(tmp_path / "more.csv"), "--remove", str(tmp_path / "gone.txt"), "--no-verify"], capsys)
     assert code == 0 and "shop/2" in out
     code, out, _ = _run(["search", "--model", f"{base}/shop", "zorblax quantum teapot", "--json",
                          "--k", str(len(tiny_catalogue.products))], capsys)
     ids = [h["product_id"] for h in json.loads(out)]
     assert "new-9" in ids and gone not in ids
-    code, _, err = _run(["index", "--model", model, "--base", base, "--name", "shop", "--remove",
+    code, _, err = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--remove",
                          str(tmp_path / "gone.txt")], capsys)
     assert code == 2 and "unknown product ids" in err
-    assert root.is_dir()
+
+
+def test_index_of_an_empty_catalogue_exits_2(tiny_trained, tmp_path, capsys):
+    (tmp_path / "products.csv").write_text("product_id,title,image\n")
+    (tmp_path / "examples.csv").write_text("query,product_id,label\n")
+    code, _, err = _run(["index", "--model", str(tiny_trained.model_path), "--data", str(tmp_path),
+                         "--base", str(tmp_path / "models")], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
