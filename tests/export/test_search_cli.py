@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from esr_tf import cli
@@ -77,7 +78,16 @@ def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue
     code, out, _ = _run(["search", "--model", f"{base}/shop", "zorblax quantum teapot", "--json",
                          "--k", str(len(tiny_catalogue.products))], capsys)
     ids = [h["product_id"] for h in json.loads(out)]
-    assert "new-9" in ids and gone not in ids
+    assert "new-9" in ids and gone not in ids and len(ids) == len(tiny_catalogue.products)
+    code, out, _ = _run(["search", "--model", f"{base}/shop", "--similar", "new-9", "--json"], capsys)
+    assert code == 0 and "new-9" not in [h["product_id"] for h in json.loads(out)]
+    # the products kept keep their stored vectors, bit for bit; version 1 stays as it was
+    from esr_tf.export.catalogue_index import read_index
+
+    old, now = read_index(base / "shop" / "1"), read_index(base / "shop" / "2")
+    keep = [i for i, p in enumerate(old.product_ids) if p != gone]
+    np.testing.assert_array_equal(now.embeddings[: len(keep)], old.embeddings[keep])
+    assert len(old) == len(tiny_catalogue.products)
     code, _, err = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--remove",
                          str(tmp_path / "gone.txt")], capsys)
     assert code == 2 and "unknown product ids" in err

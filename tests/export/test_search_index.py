@@ -114,32 +114,6 @@ def test_warmup_records_cover_search(tiny_index):
     assert {"serving_default", "search", "search_top", "similar_products", "complements"} <= names
 
 
-def test_add_and_remove_make_new_versions(tiny_index, tiny_trained, tiny_towers):
-    from esr_tf.data import Product
-    from esr_tf.export.index_export import update_search_index
-    from esr_tf.serving.search_client import SearchClient
-
-    base, name = tiny_index.parent.parent, tiny_index.parent.name
-    before = SearchClient(tiny_index)
-    photo = next(p.image for p in tiny_trained.catalogue.products.values() if p.image)
-    new = [Product("new-1", "Zorblax quantum teapot", image=photo), Product("new-2", "Zorblax quantum mug")]
-    removed = before.search(["teapot"], k=1)[0][0]["product_id"]
-    v2 = update_search_index(tiny_trained.model, tiny_towers, base, name, add=new, remove=[removed])
-    assert v2.name == "2" and (tiny_index.parent / "1").is_dir()
-    after = SearchClient(base / name)  # the newest version
-    assert after.export_dir == v2 and after.size == before.size + 1
-    found = [h["product_id"] for h in after.search(["zorblax quantum teapot"], k=after.size)[0]]
-    assert {"new-1", "new-2"} <= set(found) and removed not in found
-    similar = after.products(["new-1"])[0]
-    assert all(h["product_id"] != "new-1" for h in similar)
-    # the old products keep their stored vectors, bit for bit
-    from esr_tf.export.catalogue_index import read_index
-
-    old, now = read_index(tiny_index), read_index(v2)
-    keep = [i for i, p in enumerate(old.product_ids) if p != removed]
-    np.testing.assert_array_equal(now.embeddings[: len(keep)], old.embeddings[keep])
-
-
 def test_update_refuses_other_models_and_bad_removals(tiny_index, tiny_trained, tiny_towers):
     from esr_tf.export.catalogue_index import IndexBuildError
     from esr_tf.export.index_export import update_search_index
