@@ -9,7 +9,7 @@ nothing here patches anything. `tests/test_upstream.py` checks every canary exis
 
 Example:
 >>> KNOWN_ISSUES["onednn-conv2d-empty-batch"].workaround
-'esr_tf.models.fusion_layers.GatherPhotoRows'
+'esr_tf.models.photo_rows.GatherPhotoRows'
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ KNOWN_ISSUES: dict[str, UpstreamIssue] = {
         ),
         link="https://github.com/tensorflow/tensorflow/pull/30968",
         seen_with="tensorflow 2.21.0 (oneDNN CPU kernels)",
-        workaround="esr_tf.models.fusion_layers.GatherPhotoRows",
+        workaround="esr_tf.models.photo_rows.GatherPhotoRows",
         canary="tests/models/test_photo_rows.py::test_upstream_onednn_conv2d_still_breaks_empty_batches",
     ),
     # The two Keras multi-worker patches of training/distribute.py's _PATCHES, one canary.

@@ -61,7 +61,8 @@ def block_inputs_model(fusion_head: keras.Model) -> keras.Model:
 
 
 def cross_attention_scores(block, text, image, text_mask, image_mask):
-    """`[B, heads, L, 1+P]` softmax weights of `block`'s cross-attention (key 0: "no image").
+    """`[B, heads, L, keys]` softmax weights of `block`'s cross-attention (key 0: "no image",
+    then the P patches, then the whole-photo key with `photo_summary`).
 
     The same masks as `CrossAttentionBlock.call`; only the scores are kept.
     """
@@ -78,10 +79,11 @@ def cross_attention_scores(block, text, image, text_mask, image_mask):
 def patch_attention(scores, text_mask, grid: tuple[int, int]):
     """Head-averaged attention over the patch grid, `[B, L, h, w]` float32.
 
-    The "no image" key (column 0) is dropped, so a row sums to 1 minus what went to it (0 for a
-    product without a photo); padding positions are set to 0.
+    The "no image" key (column 0) and the whole-photo key after the patches (`photo_summary`)
+    are dropped, so a row sums to 1 minus what went to them (0 for a product without a photo);
+    padding positions are set to 0.
     """
-    mean = ops.mean(ops.cast(scores, "float32"), axis=1)[:, :, 1:]
+    mean = ops.mean(ops.cast(scores, "float32"), axis=1)[:, :, 1 : 1 + grid[0] * grid[1]]
     mean = mean * ops.cast(text_mask, "float32")[:, :, None]
     shape = ops.shape(mean)
     return ops.reshape(mean, (shape[0], shape[1], grid[0], grid[1]))

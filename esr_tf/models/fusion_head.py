@@ -9,7 +9,7 @@ Example:
 >>> import keras
 >>> head = build_fusion_head(fusion="concat", text_dim=8, token_shape=(4, 8), hidden_dim=8, num_heads=2,
 ...     intermediate_dim=16, num_fusion_layers=1, text_self_attention=True, dropout=0.1,
-...     modality_dropout=0.1, label_set=LabelSet(), special_token_ids=[0],
+...     modality_dropout=0.1, photo_summary=True, label_set=LabelSet(), special_token_ids=[0],
 ...     token_embedding=keras.layers.Embedding(10, 8))
 >>> sorted(head.output)
 ['probabilities', 'score']
@@ -61,13 +61,24 @@ def _text_tokens(inputs: dict, hidden_dim: int, special_token_ids: list[int], to
     return keras.layers.LayerNormalization(epsilon=1e-6, name="text_projection_norm")(text)
 
 
-def _cross_attention(text, tokens, text_mask, image_mask, *, num_fusion_layers: int, **block):
-    """Fusion blocks (text attends over the photo), pooled to `[CLS]` + masked mean."""
+def _cross_attention(text, pooled_text, tokens, text_mask, image_mask, *, num_fusion_layers: int,
+                     photo_summary: bool, **block):
+    """Fusion blocks (text attends over the photo), pooled to `[CLS]` + masked mean.
+
+    With `photo_summary`, the text also attends to a pooled whole-photo key, and the classifier
+    reads the mean image token and the unfused pooled text next to the fused ones: on real
+    photos (dev_photos, #15) the attention path alone passed little of the photo to `[CLS]`.
+    """
+    keys, key_mask = tokens, image_mask
+    if photo_summary:
+        keys, key_mask = fl.GlobalImageToken(name="global_image_token")(tokens, image_mask)
     x = text
     for i in range(num_fusion_layers):
-        x = fl.CrossAttentionBlock(**block, name=f"fusion_block_{i}")(x, tokens, text_mask, image_mask)
-    cls = fl.FirstToken(name="fused_cls")(x)
-    return keras.layers.Concatenate(name="fused_pooled")([cls, fl.MaskedMeanPool(name="fused_mean")(x, text_mask)])
+        x = fl.CrossAttentionBlock(**block, name=f"fusion_block_{i}")(x, keys, text_mask, key_mask)
+    fused = [fl.FirstToken(name="fused_cls")(x), fl.MaskedMeanPool(name="fused_mean")(x, text_mask)]
+    if photo_summary:
+        fused += [fl.MaskedMeanPool(name="image_mean")(tokens, image_mask), pooled_text]
+    return keras.layers.Concatenate(name="fused_pooled")(fused)
 
 
 def _pooled_fusion(fusion: str, pooled_text, tokens, image_mask, hidden_dim: int):
@@ -103,6 +114,7 @@ def build_fusion_head(
     text_self_attention: bool,
     dropout: float,
     modality_dropout: float,
+    photo_summary: bool,
     label_set: LabelSet,
     special_token_ids: list[int],
     token_embedding: keras.layers.Layer,
@@ -122,8 +134,8 @@ def build_fusion_head(
         if fusion in ("cross_attention", "image_only"):
             block = {"num_heads": num_heads, "hidden_dim": hidden_dim, "intermediate_dim": intermediate_dim,
                      "dropout": dropout, "self_attention": text_self_attention}
-            features = _cross_attention(text, tokens, text_mask, image_mask, num_fusion_layers=num_fusion_layers,
-                                        **block)
+            features = _cross_attention(text, pooled_text, tokens, text_mask, image_mask,
+                                        num_fusion_layers=num_fusion_layers, photo_summary=photo_summary, **block)
         else:
             features = _pooled_fusion(fusion, pooled_text, tokens, image_mask, hidden_dim)
     outputs = _outputs(features, hidden_dim=hidden_dim, dropout=dropout, label_set=label_set)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from esr_tf.labels import ESCI
@@ -105,6 +104,35 @@ class NoImageToken(keras.layers.Layer):
 
     def compute_output_shape(self, image_tokens_shape, has_image_shape):
         b, p, d = image_tokens_shape
+        return (b, None if p is None else p + 1, d), (b, None if p is None else p + 1)
+
+
+@keras.saving.register_keras_serializable(package="esr_tf")
+class GlobalImageToken(keras.layers.Layer):
+    """Appends a pooled whole-photo key, `LN(Dense(mean of the patch tokens))`, after the patches.
+
+    Takes `NoImageToken`'s `(tokens [B, 1+P, D], key_mask [B, 1+P])`, returns `[B, 2+P, D]`,
+    `[B, 2+P]`; the new key is attendable only where the photo is (its mask copies a patch's).
+    Garment type is a property of the whole photo, which a text token otherwise has to assemble
+    from every patch key within one softmax (#15).
+    """
+
+    def build(self, tokens_shape, key_mask_shape=None) -> None:
+        dim = tokens_shape[-1]
+        self.projection = keras.layers.Dense(dim, name="projection", dtype=self.dtype_policy)
+        self.projection.build((None, dim))
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm", dtype=self.dtype_policy)
+        self.norm.build((None, dim))
+        self.built = True
+
+    def call(self, tokens, key_mask):  # not `mask`: Keras reserves that argument name
+        patch_mask = ops.cast(key_mask[:, 1:], tokens.dtype)[:, :, None]
+        mean = ops.sum(tokens[:, 1:] * patch_mask, axis=1) / ops.maximum(ops.sum(patch_mask, axis=1), 1.0)
+        pooled = self.norm(self.projection(mean))[:, None, :]
+        return ops.concatenate([tokens, pooled], axis=1), ops.concatenate([key_mask, key_mask[:, 1:2]], axis=1)
+
+    def compute_output_shape(self, tokens_shape, key_mask_shape):
+        b, p, d = tokens_shape
         return (b, None if p is None else p + 1, d), (b, None if p is None else p + 1)
 
 
@@ -331,56 +359,3 @@ class PatchColours(keras.layers.Layer):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "grid": list(self.grid)}
-
-
-def _photo_rows(has_image):
-    return tf.where(has_image > 0)[:, 0]
-
-
-@keras.saving.register_keras_serializable(package="esr_tf")
-class GatherPhotoRows(keras.layers.Layer):
-    """The images of the rows that have a photo, so that the image backbone skips the others.
-
-    Rows without a photo are masked downstream (`NoImageToken`), so their feature map is never
-    read: skipping them saves the backbone's memory and time (a text-only request of 2,000 rows
-    used 12 GB when every row went through it). When no row has a photo, the empty batch
-    included, one zero image is returned instead: oneDNN's Conv2D gives an empty batch a wrong
-    shape (`esr_tf.upstream`, "onednn-conv2d-empty-batch"). `ScatterPhotoRows` puts the
-    features back in place.
-
-    Example:
-    >>> import numpy as np
-    >>> images = np.arange(3, dtype="float32").reshape(3, 1, 1, 1)
-    >>> GatherPhotoRows()(images, np.array([1.0, 0.0, 1.0])).numpy().ravel().tolist()
-    [0.0, 2.0]
-    >>> GatherPhotoRows()(images[:0], np.zeros(0)).shape
-    TensorShape([1, 1, 1, 1])
-    """
-
-    def call(self, images, has_image):
-        photos = tf.gather(images, _photo_rows(has_image))
-        dummy = tf.zeros([1, *images.shape[1:]], images.dtype)
-        return tf.cond(tf.shape(photos)[0] > 0, lambda: photos, lambda: dummy)
-
-    def compute_output_shape(self, images_shape, has_image_shape=None):
-        return (None, *images_shape[1:])
-
-
-@keras.saving.register_keras_serializable(package="esr_tf")
-class ScatterPhotoRows(keras.layers.Layer):
-    """Puts `GatherPhotoRows`' features back in batch order; rows without a photo get zeros.
-
-    Example:
-    >>> import numpy as np
-    >>> features = np.array([[1.0], [2.0]], "float32")
-    >>> ScatterPhotoRows()(features, np.array([1.0, 0.0, 1.0])).numpy().ravel().tolist()
-    [1.0, 0.0, 2.0]
-    """
-
-    def call(self, features, has_image):
-        rows = _photo_rows(has_image)
-        shape = tf.concat([tf.shape(has_image, out_type=tf.int64)[:1], tf.shape(features, out_type=tf.int64)[1:]], 0)
-        return tf.scatter_nd(rows[:, None], features[: tf.size(rows)], shape)
-
-    def compute_output_shape(self, features_shape, has_image_shape):
-        return (has_image_shape[0], *features_shape[1:])

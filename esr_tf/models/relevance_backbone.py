@@ -22,6 +22,7 @@ import keras
 import keras_hub
 
 from esr_tf.models import fusion_layers as fl
+from esr_tf.models import photo_rows
 
 TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 
@@ -81,8 +82,8 @@ class RelevanceBackbone(keras_hub.models.Backbone):
         self.image_encoder = _image_encoder(image_backbone)
         # Two weightless layers around `image_encoder`, not a wrapper, so that the encoder stays
         # a direct layer of the graph (see esr_tf.models.legacy for why layer order matters).
-        self.gather_photos = fl.GatherPhotoRows(name="gather_photo_rows")
-        self.scatter_photos = fl.ScatterPhotoRows(name="scatter_photo_rows")
+        self.gather_photos = photo_rows.GatherPhotoRows(name="gather_photo_rows")
+        self.scatter_photos = photo_rows.ScatterPhotoRows(name="scatter_photo_rows")
         self.no_photos = fl.ZeroFeatureMap(tuple(self.image_encoder.output.shape[1:]), name="no_photos")
         self.reads_photos = bool(reads_photos)
 

@@ -59,6 +59,7 @@ HEAD_CONFIG = (
     "text_self_attention",
     "dropout",
     "modality_dropout",
+    "photo_summary",
 )
 
 
@@ -97,6 +98,9 @@ class RelevanceModel(keras_hub.models.Task):
         text_self_attention: a trainable self-attention over text in each fusion block.
         dropout: dropout inside the fusion head.
         modality_dropout: share of training examples whose photo is hidden.
+        photo_summary: cross-attention also reads a pooled whole-photo key, and the classifier
+            the mean image token and the unfused pooled text (#15; models saved before it
+            have no such entry and load without).
         label_set: labels and ranking gains (default ESCI).
         freeze_text, freeze_image: make the backbone weights non-trainable.
         special_token_ids: `[CLS]`, `[SEP]`, `[PAD]` ids (default: from the preprocessor).
@@ -117,6 +121,7 @@ class RelevanceModel(keras_hub.models.Task):
         text_self_attention: bool = True,
         dropout: float = 0.1,
         modality_dropout: float = 0.1,
+        photo_summary: bool = True,
         label_set: LabelSet | dict | None = None,
         freeze_text: bool = False,
         freeze_image: bool = False,
@@ -133,7 +138,7 @@ class RelevanceModel(keras_hub.models.Task):
 
         # === Layers ===
         sizes = (hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention, dropout)
-        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout), strict=True))
+        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout, bool(photo_summary)), strict=True))
         self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.ZeroFeatureMap((1, 1), name="no_image_tokens")
@@ -252,6 +257,7 @@ class RelevanceModel(keras_hub.models.Task):
     @classmethod
     def from_config(cls, config: dict):
         config = dict(config)
+        config.setdefault("photo_summary", False)  # saved before #15: built without it
         if "text_backbone" in config:  # a model saved before the Backbone / Task split
             encoders = [config.pop(k) for k in ("text_backbone", "image_backbone")]
             encoders = [keras.layers.deserialize(e) if isinstance(e, dict) else e for e in encoders]

@@ -9,6 +9,7 @@ import tensorflow as tf
 from keras_hub.src.tests.test_case import TestCase
 
 from esr_tf.models import fusion_layers as fl
+from esr_tf.models import photo_rows
 
 RNG = np.random.default_rng(0)
 
@@ -87,6 +88,14 @@ class FusionLayerTest(TestCase):
         assert tokens.shape == (2, 5, 8) and len(layer.trainable_weights) == 1
         np.testing.assert_array_equal(np.asarray(mask), [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
 
+    def test_global_image_token(self):
+        layer = fl.GlobalImageToken()
+        tokens, key_mask = fl.NoImageToken()(_floats(2, 4, 8), np.array([1.0, 0.0], "float32"))
+        out, mask = layer(tokens, key_mask)
+        assert out.shape == (2, 6, 8) and len(layer.trainable_weights) == 4
+        np.testing.assert_array_equal(np.asarray(out)[:, :5], np.asarray(tokens))  # appended, nothing moved
+        np.testing.assert_array_equal(np.asarray(mask), [[1] * 6, [1, 0, 0, 0, 0, 0]])  # no photo: not attendable
+
     def test_modality_dropout(self):
         layer = fl.ModalityDropout(rate=0.5, seed=1)
         self.run_serialization_test(layer)
@@ -110,10 +119,11 @@ class FusionLayerTest(TestCase):
         assert empty(_floats(3, 4, 4, 3)).shape == (3, 1, 1)
 
     def test_photo_rows(self):
-        for layer in (fl.GatherPhotoRows(), fl.ScatterPhotoRows()):
+        for layer in (photo_rows.GatherPhotoRows(), photo_rows.ScatterPhotoRows()):
             self.run_serialization_test(layer)
         images = _floats(3, 2, 2, 1)
         has_image = np.array([0.0, 1.0, 1.0], "float32")
-        photos = fl.GatherPhotoRows()(images, has_image)
+        photos = photo_rows.GatherPhotoRows()(images, has_image)
         np.testing.assert_array_equal(photos, images[1:])
-        np.testing.assert_array_equal(fl.ScatterPhotoRows()(photos, has_image), [np.zeros((2, 2, 1)), *images[1:]])
+        scattered = photo_rows.ScatterPhotoRows()(photos, has_image)
+        np.testing.assert_array_equal(scattered, [np.zeros((2, 2, 1)), *images[1:]])

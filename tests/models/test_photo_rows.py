@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from esr_tf.models.builder import TINY_MODEL
-from esr_tf.models.fusion_layers import GatherPhotoRows, ScatterPhotoRows
+from esr_tf.models.photo_rows import GatherPhotoRows, ScatterPhotoRows
 
 
 class _CountingEncoder(keras.Model):

@@ -87,3 +87,22 @@ def test_backbone_must_match_the_fusion_mode(model):
     other = "text_only" if model.fusion != "text_only" else "concat"
     with pytest.raises(ValueError, match="backbone_for"):
         RelevanceModel(backbone=model.backbone, preprocessor=model.preprocessor, fusion=other)
+
+
+def test_files_saved_before_photo_summary_load_without_it(tmp_path):
+    """`.keras` files written before #15 have no `photo_summary` entry: they load in that layout."""
+    keras.utils.set_random_seed(0)
+    old = build_relevance_model(**TINY_MODEL, photo_summary=False)
+    old.save(tmp_path / "saved.keras")
+    with zipfile.ZipFile(tmp_path / "saved.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                assert config["config"].pop("photo_summary") is False
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    loaded = load_model(tmp_path / "old.keras")
+    assert loaded.photo_summary is False
+    assert "global_image_token" not in [layer.name for layer in loaded.fusion_head.layers]
+    np.testing.assert_array_equal(_probabilities(loaded), _probabilities(old))
