@@ -20,6 +20,10 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 # What to do with an unusable product image: raise, or score the product from its text.
 MISSING_IMAGE_POLICIES = ("error", "no_image")
 
+# Side of the square photo the default model reads (`ModelConfig.image_size`: Lite0 -> 7x7
+# patches), and the side the demo shop renders its photos at, so that they are not upscaled.
+IMAGE_SIZE = 224
+
 # Converted weights and built helpers are cached under $ESR_TF_CACHE (default ~/.cache/esr_tf).
 CACHE_ENV_VAR = "ESR_TF_CACHE"
 

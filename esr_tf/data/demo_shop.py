@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from esr_tf.constants import IMAGE_SIZE
 from esr_tf.data.demo_images import COLOURS, PATTERNS, SHAPES, render_product_image
 
 SIZES = {"tiny": 12, "small": 60, "default": 150, "large": 1500}
@@ -314,14 +315,15 @@ def _write_tables(out: Path, products: list[dict], examples: list[list], queries
 
 
 def generate_demo_shop(
-    out_dir: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = 160
+    out_dir: str | Path, *, seed: int = 0, size: str | int = "default", image_size: int = IMAGE_SIZE
 ) -> Path:
     """Writes the demo shop into `out_dir` and returns the folder (see the module docstring).
 
     Args:
         size: "tiny" (12 queries), "small" (60), "default" (150, ~3000 pairs, ~400 products),
             "large" (1500, ~30k pairs), or an int number of queries.
-        image_size: side of the square product photos (>= 128).
+        image_size: side of the square product photos (>= 128; default: what the default
+            model reads, so that its photos are not upscaled).
     """
     n_queries = SIZES[size] if isinstance(size, str) and size in SIZES else size
     if not isinstance(n_queries, int) or isinstance(n_queries, bool) or n_queries < 3:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import keras
 
+from esr_tf.constants import IMAGE_SIZE
 from esr_tf.labels import LabelSet
 from esr_tf.models.backbones.tiny import TINY_TEXT  # noqa: F401  (re-exported for tests / notebooks)
 from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel, backbone_for
@@ -73,7 +74,7 @@ class ModelConfig:
     text_weights: str = "pretrained"
     image: str = "efficientnet_lite0"
     image_weights: str | None = "pretrained"
-    image_size: int = 224
+    image_size: int = IMAGE_SIZE
     sequence_length: int = 32
     fusion: str = "cross_attention"
     hidden_dim: int = 128

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from esr_tf.constants import IMAGE_SIZE
 from esr_tf.data import describe_catalogue, generate_demo_shop, load_catalogue
 from esr_tf.data.demo_images import COLOURS
 from esr_tf.data.demo_shop import CATEGORIES
@@ -61,7 +62,7 @@ def test_files_and_images(tiny_shop):
         if has_image:
             suffixes[Path(p["image"]).suffix] += 1
             with Image.open(tiny_shop / p["image"]) as im:
-                assert im.size == (160, 160) and im.mode == "RGB"
+                assert im.size == (IMAGE_SIZE, IMAGE_SIZE) and im.mode == "RGB"
     assert set(suffixes) == {".jpg", ".png"}
     assert len(list((tiny_shop / "images").iterdir())) == sum(suffixes.values())
     assert [p["product_id"] for p in products] == sorted(p["product_id"] for p in products)
