@@ -239,7 +239,7 @@ class RelevanceModel(keras_hub.models.Task):
         Example:
         >>> out = model.explain({"query": ["red shoe"], "title": ["Red shoe"], "image": [b""]})  # doctest: +SKIP
         >>> out["attention"].shape, out["tokens"][0][:3].tolist()  # doctest: +SKIP
-        ((1, 48, 5, 5), ['[CLS]', 'red', 'shoe'])
+        ((1, 48, 7, 7), ['[CLS]', 'red', 'shoe'])
         """
         return am.explain(self, inputs, batch_size=batch_size)
 
