@@ -20,6 +20,10 @@ STRATEGIES = ("default", "mirrored", "multiworker")
 # What to do with an unusable product image: raise, or score the product from its text.
 MISSING_IMAGE_POLICIES = ("error", "no_image")
 
+# Candidates a search re-ranks when the request does not say (`search_top`'s default; REST
+# clients import it from here, without TensorFlow).
+DEFAULT_RERANK = 50
+
 # Converted weights and built helpers are cached under $ESR_TF_CACHE (default ~/.cache/esr_tf).
 CACHE_ENV_VAR = "ESR_TF_CACHE"
 
