@@ -194,6 +194,12 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.suite == "scale":
+        from esr_tf.bench.scale import run_scale_bench
+
+        run_scale_bench(args.out, quick=args.quick)
+        print((Path(args.out) / "scale.md").read_text(), end="")
+        return 0
     if args.suite == "search":
         from esr_tf.bench.search import run_search_bench
 
@@ -246,8 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--suite", default="main", choices=("main", "search"),
-                   help="main: bench.json (pipeline, training, serving); search: search.json (catalogue search)")
+    p.add_argument("--suite", default="main", choices=("main", "search", "scale"),
+                   help="main: bench.json (pipeline, training, serving); search: search.json (catalogue "
+                        "search); scale: scale.json (training memory and speed at 10k-200k pairs)")
     p.set_defaults(func=cmd_bench)
     for p in sub.choices.values():
         p.add_argument(

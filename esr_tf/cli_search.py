@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from esr_tf.constants import MISSING_IMAGE_POLICIES
+from esr_tf.constants import DEFAULT_RERANK, MISSING_IMAGE_POLICIES
 
 
 class UsageError(ValueError):
@@ -94,7 +94,8 @@ def _evaluate(args) -> int:
     if not args.data:
         raise UsageError("--evaluate needs --data CATALOGUE (its judged queries)")
     catalogue = load_catalogue(args.data, missing_images=args.missing_images)
-    report = evaluate_search(resolve_export(args.model), catalogue, split=args.split, rerank=args.rerank or 50,
+    report = evaluate_search(resolve_export(args.model), catalogue, split=args.split,
+                             rerank=args.rerank or DEFAULT_RERANK,
                              upper_bound=not args.no_upper_bound)
     text = json.dumps(report, indent=2)
     if args.out:
@@ -125,7 +126,7 @@ def add_search_commands(sub) -> None:
     p.add_argument("--model", required=True, help="index export: <base>/<name> (newest version) or a version")
     p.add_argument("query", nargs="?", help="the shopper's query")
     p.add_argument("--k", type=int, help="products to return (default 10)")
-    p.add_argument("--rerank", type=int, help="retrieved products the model re-ranks (default 50)")
+    p.add_argument("--rerank", type=int, help=f"retrieved products the model re-ranks (default {DEFAULT_RERANK})")
     p.add_argument("--similar", metavar="PRODUCT_ID", help="products similar to this one")
     p.add_argument("--complements", metavar="PRODUCT_ID", help="complements of this product")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

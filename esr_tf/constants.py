@@ -24,6 +24,10 @@ MISSING_IMAGE_POLICIES = ("error", "no_image")
 # patches), and the side the demo shop renders its photos at, so that they are not upscaled.
 IMAGE_SIZE = 224
 
+# Candidates a search re-ranks when the request does not say (`search_top`'s default; REST
+# clients import it from here, without TensorFlow).
+DEFAULT_RERANK = 50
+
 # Converted weights and built helpers are cached under $ESR_TF_CACHE (default ~/.cache/esr_tf).
 CACHE_ENV_VAR = "ESR_TF_CACHE"
 

@@ -41,7 +41,7 @@ from esr_tf.export.saved_model import (
     write_version,
 )
 from esr_tf.export.search_index import CatalogueSearch
-from esr_tf.export.versions import check_model_name
+from esr_tf.export.versions import check_model_name, version_numbers
 from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
 from esr_tf.serving.search_requests import search_warmup_records
 
@@ -122,7 +122,7 @@ def write_index(model, towers, arrays: IndexArrays, base_dir: str | Path, *, mod
 
 def latest_version(base_dir: str | Path, model_name: str) -> Path:
     model_dir = Path(base_dir) / check_model_name(model_name)
-    versions = sorted((int(p.name) for p in model_dir.glob("*") if p.name.isdigit() and p.is_dir()), reverse=True)
+    versions = version_numbers(model_dir)
     if not versions:
         raise IndexBuildError(f"{model_dir}: no index version to update (build one first, without --add/--remove)")
     return model_dir / str(versions[0])

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.constants import DEFAULT_RERANK
 from esr_tf.training.ranking import per_query_ranking
 
 NOTE = ("whole-catalogue search: products not judged for a query count as irrelevant (gain 0); "
@@ -57,7 +58,7 @@ def _list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k
     return recall, float(result.ndcg[0])
 
 
-def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = 50,
+def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = DEFAULT_RERANK,
                     upper_bound: bool = True, k: int = 10) -> dict:
     """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc)."""
     loaded = tf.saved_model.load(str(export_dir))

@@ -55,10 +55,16 @@ def check_version(version: int) -> int:
     return int(version)
 
 
+def version_numbers(model_dir: str | Path, *, complete: bool = False) -> list[int]:
+    """The numeric version folders of `model_dir`, newest first (`complete`: only those holding
+    a `saved_model.pb`, i.e. what TF Serving would load)."""
+    folders = (p for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit())
+    return sorted((int(p.name) for p in folders if not complete or (p / "saved_model.pb").is_file()), reverse=True)
+
+
 def next_version(model_dir: Path) -> int:
     """One more than the highest numeric folder (1 when there is none)."""
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
+    return max(version_numbers(model_dir), default=0) + 1
 
 
 @contextlib.contextmanager

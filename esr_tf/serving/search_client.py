@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from esr_tf.export.versions import version_numbers
 from esr_tf.serving.search_requests import PRODUCT_SIGNATURES, SEARCH_OUTPUTS, ranked_rows, search_inputs
 
 
@@ -29,8 +30,7 @@ def resolve_export(path: str | Path) -> Path:
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
-    versions = sorted((int(p.name) for p in path.glob("*") if p.name.isdigit() and (p / "saved_model.pb").is_file()),
-                      reverse=True) if path.is_dir() else []
+    versions = version_numbers(path, complete=True) if path.is_dir() else []
     if not versions:
         raise FileNotFoundError(f"{path}: no saved_model.pb here nor in a numbered version folder under it")
     return path / str(versions[0])

@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from esr_tf.constants import DEFAULT_RERANK
 from esr_tf.validation import load_json_object
 
-DEFAULT_RERANK = 50  # as export.search_index (not imported: a REST client needs no TensorFlow)
 SEARCH_OUTPUTS = ("product_ids", "titles", "labels", "scores", "probabilities", "retrieval_scores")
 PRODUCT_SIGNATURES = ("similar_products", "complements")
 

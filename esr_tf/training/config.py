@@ -100,6 +100,10 @@ class TrainConfig:
             fusion learns to read colour from the photo (`training.augment`; not for text_only).
         cache_features: with both backbones frozen, compute their outputs once and train the
             fusion head on them (about 10x faster on CPU; identical model).
+        feature_store: with `cache_features`, a folder where those outputs are written once
+            (float16 TFRecord shards, `training.feature_store`) and streamed from, so that memory
+            does not grow with the data; reused by reruns with the same encoders. "" keeps them
+            in RAM (fastest for small catalogues).
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
         mixed_precision: `"auto"` (mixed_float16 on GPU only), `"on"` or `"off"`.
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
@@ -124,6 +128,7 @@ class TrainConfig:
     class_weights: str = "balanced"
     hide_colour_rate: float = 0.5
     cache_features: bool = True
+    feature_store: str = ""
     early_stopping_patience: int = 4
     mixed_precision: str = "auto"
     strategy: str = "default"
@@ -145,6 +150,7 @@ class TrainConfig:
             check_str(name, getattr(self, name), choices=choices)
         self.data = check_str("data", self.data)
         self.out_dir = check_str("out_dir", self.out_dir)
+        self.feature_store = check_str("feature_store", self.feature_store, empty=True)
         self.seed = check_int("seed", self.seed, low=0, high=2**32 - 1)
         self.epochs = check_int("epochs", self.epochs, low=1, high=100_000)
         self.batch_size = check_int("batch_size", self.batch_size, low=1, high=65_536)

@@ -72,7 +72,7 @@ def examples_digest(columns: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _encode_text(
+def encode_text_rows(
     encode_text, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0
 ) -> dict[str, np.ndarray]:
     """`encode_text` (`RelevanceModel.encode_text`) outputs for packed ids, with the trailing padding cut off per batch.
@@ -105,6 +105,35 @@ def _encode_text(
     return out
 
 
+def tokenize_columns(preprocessor, queries, titles, batch_size: int) -> dict[str, np.ndarray]:
+    """Packed `token_ids`, `segment_ids`, `padding_mask` ([N, L] int32) of query / title columns."""
+    queries = np.asarray(queries).astype(str)
+    titles = np.asarray(titles).astype(str)
+    text_ds = (
+        tf.data.Dataset.from_tensor_slices((queries, titles))
+        .batch(batch_size)
+        .map(lambda q, t: preprocessor.tokenize(q, t), num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+    )
+    batches = list(text_ds.as_numpy_iterator())
+    return {k: np.concatenate([b[k] for b in batches]).astype(np.int32) for k in batches[0]}
+
+
+def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0) -> np.ndarray:
+    """`image_encoder` feature maps `[U, h, w, C]` float32 of image files, in `paths` order;
+    one zero row when there are none (text_only, or no photos), for every example to point at."""
+    if not paths:
+        return np.zeros((1, *model.image_encoder.output.shape[1:]), np.float32)
+    decoder = model.preprocessor.image_decoder
+    image_ds = (
+        tf.data.Dataset.from_tensor_slices(np.array(paths))
+        .map(lambda p: decoder(tf.io.read_file(p))[0], num_parallel_calls=AUTOTUNE)
+        .batch(batch_size)
+        .prefetch(AUTOTUNE)
+    )
+    return model.image_encoder.predict(image_ds, verbose=verbose).astype(np.float32)
+
+
 @dataclass
 class BackboneFeatures:
     """Per-example BERT outputs plus a table of per-photo feature maps."""
@@ -125,37 +154,14 @@ class BackboneFeatures:
     def compute(
         cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0
     ):
-        pre = model.preprocessor
-        queries = np.asarray(columns["query"]).astype(str)
-        titles = np.asarray(columns["title"]).astype(str)
-        text_ds = (
-            tf.data.Dataset.from_tensor_slices((queries, titles))
-            .batch(batch_size)
-            .map(lambda q, t: pre.tokenize(q, t), num_parallel_calls=AUTOTUNE)
-            .prefetch(AUTOTUNE)
-        )
-        batches = list(text_ds.as_numpy_iterator())
-        ids = {k: np.concatenate([b[k] for b in batches]).astype(np.int32) for k in batches[0]}
-        text = _encode_text(model.encode_text, ids, batch_size, verbose)
-
+        ids = tokenize_columns(model.preprocessor, columns["query"], columns["title"], batch_size)
+        text = encode_text_rows(model.encode_text, ids, batch_size, verbose)
         paths = np.asarray(columns["image"]).astype(str)
-        unique = sorted({p for p in paths if p})
+        unique = sorted({p for p in paths if p}) if model.reads_photos else []
         row = {p: i for i, p in enumerate(unique)}
         image_index = np.array([row.get(p, 0) for p in paths], dtype=np.int32)
         has_image = np.array([1.0 if p else 0.0 for p in paths], dtype=np.float32)
-        fmap_shape = tuple(model.image_encoder.output.shape[1:])
-        if unique and model.reads_photos:
-            decoder = pre.image_decoder
-            image_ds = (
-                tf.data.Dataset.from_tensor_slices(np.array(unique))
-                .map(lambda p: decoder(tf.io.read_file(p))[0], num_parallel_calls=AUTOTUNE)
-                .batch(batch_size)
-                .prefetch(AUTOTUNE)
-            )
-            feature_maps = model.image_encoder.predict(image_ds, verbose=verbose).astype(np.float32)
-        else:  # text_only reads no photo: one zero row that every example points at
-            feature_maps = np.zeros((1, *fmap_shape), np.float32)
-            image_index = np.zeros_like(image_index)
+        feature_maps = photo_feature_maps(model, unique, batch_size, verbose)
         labels = np.asarray(columns["label"], np.int32) if "label" in columns else None
         return cls(
             source=backbone_fingerprint(model),

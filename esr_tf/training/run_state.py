@@ -31,8 +31,9 @@ RUN_FILE = "run.json"
 # What a finished or interrupted run leaves in out_dir (an overwrite removes all of it).
 RUN_STATE = ("backup", "checkpoints", "history.csv", "logs", "model.keras", "retrieval.keras", RUN_FILE)
 # Not part of what is trained: the folder itself, and the data path (the digest stands for it);
-# the retrieval model is refitted after every run, so its settings never block a resume.
-_NOT_FINGERPRINTED = ("out_dir", "data", "retrieval")
+# the retrieval model is refitted after every run, so its settings never block a resume; where
+# frozen-backbone outputs are kept (RAM or a feature store) does not change what is trained.
+_NOT_FINGERPRINTED = ("out_dir", "data", "retrieval", "feature_store")
 
 
 class RunConflictError(ConfigError):

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,6 +68,8 @@ class TrainResult:
     features: dict[str, BackboneFeatures] = field(default_factory=dict)
     # recall@k per split of the retrieval model saved as retrieval.keras (empty: none trained)
     retrieval_metrics: dict = field(default_factory=dict)
+    # wall seconds of the frozen-backbone pass ("features") and of `fit` ("fit")
+    seconds: dict = field(default_factory=dict)
 
 
 def load_training_data(config: TrainConfig) -> Catalogue:
@@ -230,9 +233,12 @@ def train(
     strategy, config, catalogue = _prepare_run(config, catalogue, overwrite)
     out = Path(config.out_dir)
     trainee = _build_trainee(config, catalogue, strategy)
-    features = _backbone_features(trainee, features, verbose)
+    started = time.perf_counter()
+    features = _backbone_features(config, trainee, features, verbose)
+    seconds = {"features": time.perf_counter() - started}
     train_ds, valid_ds = _datasets(config, trainee, features, strategy)
     guard = NaNGuard()
+    started = time.perf_counter()
     history = trainee.fitted.fit(
         train_ds,
         validation_data=valid_ds,
@@ -241,7 +247,9 @@ def train(
         callbacks=_callbacks(config, out, guard),
         verbose=verbose,
     )
+    seconds["fit"] = time.perf_counter() - started
     result = _finish(trainee.model, history.history, guard, catalogue, out, features)
+    result.seconds = seconds
     if config.retrieval.epochs:  # the two-tower model for catalogue search: retrieval.keras
         from esr_tf.training.retrieval import fit_for_run
 
@@ -292,11 +300,18 @@ def _build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distr
 
 
 def _backbone_features(
-    trainee: _Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
+    config: TrainConfig, trainee: _Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
 ) -> dict[str, BackboneFeatures]:
-    """The frozen-backbone outputs the head trains on: those passed in if they fit, else computed
-    once; `{}` when the full model trains."""
+    """The frozen-backbone outputs the head trains on: from `config.feature_store` (written
+    there once), else those passed in if they fit, else computed once; `{}` when the full
+    model trains."""
     model = trainee.model
+    if trainee.cached and config.feature_store:  # on disk: finds what an earlier run wrote
+        from esr_tf.training.feature_store import FeatureStore
+
+        with local_predict(model.text_encoder, model.image_encoder):
+            store = FeatureStore.build(model, trainee.parts, config.feature_store, verbose=verbose)
+        return {split: store.view(split) for split in store.splits}
     if trainee.cached and bool(features) and _features_fit(features, model, trainee.parts):
         log.info("reusing the frozen backbone outputs passed in (same encoders and examples)")
         return dict(features)
@@ -320,6 +335,11 @@ def _datasets(
     gains = tuple(trainee.model.label_set.gains)
     weights = trainee.class_weights
     valid_batch = validation_batch_size(len(trainee.parts["valid"]["label"]), config.batch_size, strategy)
+    if trainee.cached and config.feature_store:
+        train_feats, valid_feats = features["train"], features["valid"]
+        train_ds = train_feats.dataset(batch_size=config.batch_size, shuffle=True, seed=config.seed, repeat=True,
+                                       class_weights=weights, gains=gains)
+        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
     if trainee.cached:
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(

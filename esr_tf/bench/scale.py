@@ -1,0 +1,162 @@
+"""`esr-tf bench --suite scale`: does training memory stay flat as the catalogue grows? (#17)
+
+For synthetic catalogues of 10k, 50k and 200k judged pairs (synthetic queries and titles; a few
+photos shared by many products, as on a marketplace where sellers reuse stock photos), one
+`esr-tf train` epoch runs in a fresh process with its frozen-backbone outputs in a
+`FeatureStore` on disk, and this process records that child's peak RSS (`wait4`), the store's
+bytes per pair and the examples per second of the feature pass and of training. At the smallest
+size the same epoch also runs with the outputs in RAM (`BackboneFeatures`), so the store's
+training speed has a reference measured in the same run.
+
+Results go to `<out>/scale.json` (`{"rows": [{"pairs", "peak_rss_gb", "store_bytes_per_pair",
+"feature_pass_ex_s", "train_ex_s"}, ...], ...}`) and `<out>/scale.md`, with the load average.
+
+Example:
+>>> result = run_scale_bench("esr_bench", quick=True)  # doctest: +SKIP
+>>> [row["pairs"] for row in result["rows"]]  # doctest: +SKIP
+[2000, 10000]
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from esr_tf.bench.timing import load_average, machine_info
+
+SIZES = {False: (10_000, 50_000, 200_000), True: (2_000, 10_000)}
+TARGETS = {"peak_rss_growth": "<= 1.10", "store_bytes_per_pair": "<= 16384", "store_vs_ram_train_ex_s": ">= 1.0"}
+PHOTOS = 24
+_WORDS = ("red blue green black white grey navy wool cotton leather suede running trail rain winter summer kids "
+          "men women slim classic waterproof sneaker sock cap hoodie jacket boot sandal mug teapot bottle "
+          "backpack case headphones charger cable lamp desk chair pillow towel").split()
+
+
+def _photos(folder: Path, count: int, rng: np.random.Generator) -> list[str]:
+    """`count` small JPEG photos (noise over a colour), written once and shared by products."""
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        base = rng.integers(0, 255, size=3)
+        pixels = np.clip(base + rng.normal(0, 40, size=(96, 96, 3)), 0, 255).astype(np.uint8)
+        name = f"images/photo_{i:03d}.jpg"
+        Image.fromarray(pixels).save(folder / name, quality=85)
+        names.append(name)
+    return names
+
+
+def synthetic_catalogue(folder: str | Path, pairs: int, *, seed: int = 0, per_query: int = 10) -> Path:
+    """A catalogue folder with `pairs` judged pairs: `pairs / per_query` queries, one product
+    per pair (a title of 6-12 synthetic words, brand and colour), `PHOTOS` shared photos."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    photos = _photos(folder, PHOTOS, rng)
+    words = np.array(_WORDS)
+    with open(folder / "products.csv", "w", newline="") as p, open(folder / "examples.csv", "w", newline="") as e:
+        products, examples = csv.writer(p), csv.writer(e)
+        products.writerow(["product_id", "title", "brand", "color", "image"])
+        examples.writerow(["query_id", "query", "product_id", "label", "split"])
+        for q in range(-(-pairs // per_query)):
+            query = " ".join(rng.choice(words, size=rng.integers(2, 5)))
+            split = ("train",) * 8 + ("valid", "test")
+            for j in range(min(per_query, pairs - q * per_query)):
+                pid = f"p{q:06d}_{j:02d}"
+                title = " ".join(rng.choice(words, size=rng.integers(6, 13)))
+                image = photos[rng.integers(len(photos))] if rng.random() < 0.9 else ""
+                products.writerow([pid, title, f"brand{rng.integers(50)}", rng.choice(words[:7]), image])
+                examples.writerow([f"q{q:06d}", query, pid, "ESCI"[rng.integers(4)], split[q % 10]])
+    return folder
+
+
+def _child_command(data: Path, run: Path, store: str, overrides: list[str]) -> list[str]:
+    sets = ["epochs=1", "retrieval.epochs=0", "early_stopping_patience=0", f"feature_store={store}", *overrides]
+    code = (
+        "import json, sys; from esr_tf.training.config import parse_config; "
+        "from esr_tf.training.trainer import train; "
+        "r = train(parse_config({'data': sys.argv[1], 'out_dir': sys.argv[2]}, sys.argv[3:]), verbose=0); "
+        "print('SCALE ' + json.dumps({**r.seconds, 'train': len(r.catalogue.select('train'))}))"
+    )
+    return [sys.executable, "-c", code, str(data), str(run), *sets]
+
+
+def run_scale_bench(
+    out_dir: str | Path,
+    quick: bool = False,
+    *,
+    overrides: list[str] | None = None,
+    sizes: tuple[int, ...] | None = None,
+) -> dict:
+    """Measures every size (`SIZES[quick]` unless `sizes`); writes `scale.json` and `scale.md`.
+
+    `overrides`: `--set` strings for the training runs, e.g. `["model.text=tiny"]`.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = list(overrides or [])
+    loads = [load_average()]
+    rows, ram = [], None
+    for pairs in sizes or SIZES[quick]:
+        data = synthetic_catalogue(out / f"scale_{pairs}", pairs)
+        store = out / f"scale_{pairs}" / "features"
+        child = _measured(_child_command(data, out / f"run_{pairs}", str(store), overrides), out / f"run_{pairs}.log")
+        stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+        rows.append({"pairs": pairs, "peak_rss_gb": child["peak_rss_gb"], "store_bytes_per_pair": stored / pairs,
+                     "feature_pass_ex_s": pairs / child["features"], "train_ex_s": child["train"] / child["fit"]})
+        if ram is None:  # the reference: the same epoch with the outputs in RAM
+            ram = _measured(_child_command(data, out / f"run_{pairs}_ram", "", overrides), out / f"run_{pairs}_ram.log")
+            ram = {"pairs": pairs, "peak_rss_gb": ram["peak_rss_gb"], "train_ex_s": ram["train"] / ram["fit"]}
+        loads.append(load_average())
+    result = {
+        "rows": rows,
+        "in_ram_reference": ram,
+        "figures": {
+            "peak_rss_growth": rows[-1]["peak_rss_gb"] / rows[0]["peak_rss_gb"],
+            "store_bytes_per_pair": max(r["store_bytes_per_pair"] for r in rows),
+            "store_vs_ram_train_ex_s": rows[0]["train_ex_s"] / ram["train_ex_s"],
+        },
+        "targets": TARGETS,
+        "load_average": loads,
+        "machine": machine_info(),
+        "overrides": overrides,
+    }
+    (out / "scale.json").write_text(json.dumps(result, indent=2))
+    (out / "scale.md").write_text(_markdown(result))
+    return result
+
+
+def _measured(command: list[str], log: Path) -> dict:
+    """Runs one training process: its timings and peak RSS in GB (`wait4`; Linux `ru_maxrss` is
+    in KiB). Output goes to files, not pipes, so that TensorFlow's logs cannot block the child."""
+    with open(log, "w") as err, open(log.with_suffix(".out"), "w+") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read()
+    if proc.returncode:
+        tail = log.read_text().strip().splitlines()[-3:]
+        raise RuntimeError(f"scale bench: the training process failed ({log}): {' | '.join(tail)}")
+    line = next(x for x in text.splitlines() if x.startswith("SCALE "))
+    return {**json.loads(line[6:]), "peak_rss_gb": usage.ru_maxrss / 2**20}
+
+
+def _markdown(result: dict) -> str:
+    lines = ["| pairs | peak RSS (GB) | store bytes / pair | feature pass ex/s | train ex/s |", "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['pairs']:,} | {r['peak_rss_gb']:.2f} | {r['store_bytes_per_pair']:,.0f} | "
+                     f"{r['feature_pass_ex_s']:.0f} | {r['train_ex_s']:.0f} |")
+    ram = result["in_ram_reference"]
+    lines += ["", f"In RAM at {ram['pairs']:,} pairs: peak RSS {ram['peak_rss_gb']:.2f} GB, train "
+              f"{ram['train_ex_s']:.0f} ex/s.", "", "| figure | value | target |", "|---|---|---|"]
+    for name, value in result["figures"].items():
+        lines.append(f"| {name} | {value:.3f} | {result['targets'][name]} |")
+    lines += ["", f"Load average (1 / 5 / 15 min) before and after each size: {result['load_average']}"]
+    return "\n".join(lines) + "\n"

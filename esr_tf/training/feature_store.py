@@ -1,0 +1,260 @@
+"""Frozen-backbone outputs on disk, so that training memory does not grow with the data (#17).
+
+`BackboneFeatures` keeps `[N, L, 384]` float32 BERT outputs in RAM (~49 KB per pair at L=32):
+0.4 M ESCI pairs would need ~20 GB. `FeatureStore.build` writes the same outputs once to TFRecord
+shards instead, float16 and each example cut to its real length, plus one float16 table of
+per-photo feature maps (each distinct photo once). `FeatureStore.dataset` streams them through
+`tf.data` into `RelevanceModel.head_model()`; only a shuffle buffer and the photo table stay
+in RAM.
+
+The store lives under `<root>/<backbone fingerprint>/`: a rerun (or another seed / fusion mode
+with the same encoders) finds it and reuses every finished shard, a model with other encoders
+never does. Shards are written to a temporary name and renamed when complete, so a run killed
+during the feature pass recomputes only the shard it was writing.
+
+Example:
+>>> store = FeatureStore.build(model, {"train": catalogue.columns("train")}, "features")  # doctest: +SKIP
+>>> model.head_model().fit(store.dataset("train", batch_size=32, shuffle=True), epochs=3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from esr_tf.labels import ESCI
+from esr_tf.preprocessing.pipeline import AUTOTUNE
+from esr_tf.training.feature_cache import (
+    backbone_fingerprint,
+    encode_text_rows,
+    examples_digest,
+    photo_feature_maps,
+    targets_and_weights,
+    tokenize_columns,
+)
+
+log = logging.getLogger("esr_tf.training")
+
+SHARD_EXAMPLES = 8192  # examples per shard: the unit a killed feature pass recomputes
+_FORMAT = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)`, then rename: a reader sees a complete file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_image: float, label: int) -> bytes:
+    feature = {
+        "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[seq.astype(np.float16).tobytes()])),
+        "token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=token_ids)),
+        "segment_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=segment_ids)),
+        "image_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_index])),
+        "has_image": tf.train.Feature(float_list=tf.train.FloatList(value=[has_image])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@dataclass
+class StoredSplit:
+    """One split's shards: files, example count and labels (kept for class weights)."""
+
+    files: list[str]
+    labels: np.ndarray  # [N] int32 (-1 where the examples had no label)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class StoreSplit:
+    """A split of a `FeatureStore`, read like `BackboneFeatures` (e.g. by `predict_features`)."""
+
+    store: FeatureStore
+    split: str
+
+    def __len__(self) -> int:
+        return len(self.store.splits[self.split])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.store.labels(self.split)
+
+    def dataset(self, **kwargs) -> tf.data.Dataset:
+        return self.store.dataset(self.split, **kwargs)
+
+
+class FeatureStore:
+    """Frozen-backbone outputs of named splits on disk (see the module docstring)."""
+
+    def __init__(self, folder: Path, splits: dict[str, StoredSplit], photos: np.ndarray, hidden: int) -> None:
+        self.folder = Path(folder)
+        self.splits = splits
+        self.photos = photos  # [U, h, w, C] float16
+        self.hidden = hidden
+
+    @classmethod
+    def build(
+        cls,
+        model,
+        parts: Mapping[str, Mapping[str, np.ndarray]],
+        root: str | Path,
+        *,
+        shard_examples: int = SHARD_EXAMPLES,
+        batch_size: int = 64,
+        verbose: int = 0,
+    ) -> FeatureStore:
+        """Writes (or finds) the outputs of `model`'s frozen encoders for each split's columns."""
+        folder = Path(root) / backbone_fingerprint(model)[:20]
+        folder.mkdir(parents=True, exist_ok=True)
+        parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
+        photos, rows = _photo_table(model, folder, parts, batch_size, verbose)
+        hidden = int(model.text_encoder.output["sequence_output"].shape[-1])
+        splits = {
+            split: _write_split(model, folder, split, cols, rows, shard_examples, batch_size, verbose)
+            for split, cols in parts.items()
+        }
+        return cls(folder, splits, photos, hidden)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.splits.values())
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.splits[split].labels
+
+    def view(self, split: str) -> StoreSplit:
+        """One split, with `BackboneFeatures`' reading interface (`len`, `labels`, `dataset`)."""
+        return StoreSplit(self, split)
+
+    def store_bytes(self) -> int:
+        """Bytes on disk: every shard and the photo table."""
+        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
+
+    def dataset(
+        self,
+        split: str,
+        *,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int = 0,
+        repeat: bool = False,
+        class_weights: np.ndarray | None = None,
+        with_labels: bool = True,
+        gains: tuple[float, ...] = ESCI.gains,
+        drop_remainder: bool = False,
+        shuffle_buffer: int = 4096,
+    ) -> tf.data.Dataset:
+        """Batches of `head_model()` inputs (each batch padded to its longest example) with
+        `targets_and_weights` (`class_weights`: one weight per label, or none)."""
+        files = tf.data.Dataset.from_tensor_slices(self.splits[split].files)
+        if shuffle:
+            files = files.shuffle(len(self.splits[split].files), seed=seed, reshuffle_each_iteration=True)
+            ds = files.interleave(tf.data.TFRecordDataset, cycle_length=4, num_parallel_calls=AUTOTUNE,
+                                  deterministic=False)
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        else:  # the stored order: predictions line up with the split's rows
+            ds = files.flat_map(tf.data.TFRecordDataset)
+        if repeat:
+            ds = ds.repeat()
+        ds = ds.map(self._parse, num_parallel_calls=AUTOTUNE)
+        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
+        table = tf.constant(self.photos)
+        weights = None if class_weights is None else tf.constant(np.asarray(class_weights, np.float32))
+
+        @tf.autograph.experimental.do_not_convert
+        def finish(x):
+            labels = x.pop("label")
+            x["feature_map"] = tf.cast(tf.gather(table, x.pop("image_index")), tf.float32)
+            if not with_labels:
+                return x
+            return (x, *targets_and_weights(labels, gains, None if weights is None else tf.gather(weights, labels)))
+
+        return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    def _parse(self, record):
+        spec = {
+            "sequence_output": tf.io.FixedLenFeature([], tf.string),
+            "token_ids": tf.io.VarLenFeature(tf.int64),
+            "segment_ids": tf.io.VarLenFeature(tf.int64),
+            "image_index": tf.io.FixedLenFeature([], tf.int64),
+            "has_image": tf.io.FixedLenFeature([], tf.float32),
+            "label": tf.io.FixedLenFeature([], tf.int64),
+        }
+        x = tf.io.parse_single_example(record, spec)
+        seq = tf.reshape(tf.io.decode_raw(x["sequence_output"], tf.float16), [-1, self.hidden])
+        token_ids = tf.cast(tf.sparse.to_dense(x["token_ids"]), tf.int32)
+        return {
+            "sequence_output": tf.cast(seq, tf.float32),
+            "text_mask": tf.ones_like(token_ids),
+            "token_ids": token_ids,
+            "segment_ids": tf.cast(tf.sparse.to_dense(x["segment_ids"]), tf.int32),
+            "image_index": tf.cast(x["image_index"], tf.int32),
+            "has_image": x["has_image"],
+            "label": tf.cast(tf.maximum(x["label"], 0), tf.int32),
+        }
+
+
+def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int]]:
+    """`photos.npy` ([U, h, w, C] float16, every distinct photo of `parts` once) and its rows.
+
+    Reused when it holds exactly these photos; rewritten (whole) when a split adds others.
+    """
+    if not model.reads_photos:  # text_only: one zero row, nothing stored
+        return photo_feature_maps(model, [], batch_size).astype(np.float16), {}
+    paths = sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"]).astype(str) if p})
+    rows = {p: i for i, p in enumerate(paths)}
+    table, index = folder / "photos.npy", folder / "photos.json"
+    digest = examples_digest({"image": np.array(paths)})
+    if table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest:
+        return np.load(table, mmap_mode="r"), rows
+    maps = photo_feature_maps(model, paths, batch_size, verbose).astype(np.float16)
+    _atomic_write(table, lambda tmp: np.save(open(tmp, "wb"), maps))
+    index.write_text(json.dumps({"digest": digest, "photos": len(paths)}))
+    return np.load(table, mmap_mode="r"), rows
+
+
+def _write_split(model, folder: Path, split: str, cols, photo_rows: dict[str, int], shard_examples: int,
+                 batch_size: int, verbose: int) -> StoredSplit:
+    """`<split>-<examples digest>/shard-<k>.tfrecord`: finished shards are kept, missing ones written."""
+    n = len(cols["query"])
+    out = folder / f"{split}-{examples_digest(cols)[:16]}"
+    out.mkdir(exist_ok=True)
+    labels = np.asarray(cols["label"], np.int32) if "label" in cols else np.full(n, -1, np.int32)
+    paths = np.asarray(cols["image"]).astype(str)
+    files = []
+    for k, start in enumerate(range(0, n, shard_examples)):
+        path = out / f"shard-{k:05d}-of-{-(-n // shard_examples):05d}.tfrecord"
+        files.append(str(path))
+        if path.exists():
+            continue
+        rows = slice(start, min(n, start + shard_examples))
+        shard = {key: np.asarray(cols[key])[rows] for key in ("query", "title")}
+        ids = tokenize_columns(model.preprocessor, shard["query"], shard["title"], batch_size)
+        text = encode_text_rows(model.encode_text, ids, batch_size, verbose=0)
+        lengths = ids["padding_mask"].sum(axis=1)
+        shard_paths, shard_labels = paths[rows], labels[rows]
+
+        def write(tmp, ids=ids, text=text, lengths=lengths, shard_paths=shard_paths, shard_labels=shard_labels):
+            with tf.io.TFRecordWriter(str(tmp)) as writer:
+                for i, (length, photo) in enumerate(zip(lengths, shard_paths, strict=True)):
+                    writer.write(_example(
+                        text["sequence_output"][i, :length], ids["token_ids"][i, :length],
+                        ids["segment_ids"][i, :length], photo_rows.get(photo, 0), float(bool(photo)),
+                        int(shard_labels[i]),
+                    ))
+
+        _atomic_write(path, write)
+        if verbose:
+            log.info("feature store: %s shard %d written (%d examples)", split, k, int(len(lengths)))
+    (out / "manifest.json").write_text(json.dumps({"format": _FORMAT, "examples": n, "shards": len(files)}))
+    return StoredSplit(files, labels)
