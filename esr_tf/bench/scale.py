@@ -65,7 +65,8 @@ def synthetic_catalogue(folder: str | Path, pairs: int, *, seed: int = 0, per_qu
         products.writerow(["product_id", "title", "brand", "color", "image"])
         examples.writerow(["query_id", "query", "product_id", "label", "split"])
         for q in range(-(-pairs // per_query)):
-            query = " ".join(rng.choice(words, size=rng.integers(2, 5)))
+            # a number keeps queries distinct: a query may not appear in two splits
+            query = " ".join([*rng.choice(words, size=rng.integers(2, 5)), str(q)])
             split = ("train",) * 8 + ("valid", "test")
             for j in range(min(per_query, pairs - q * per_query)):
                 pid = f"p{q:06d}_{j:02d}"

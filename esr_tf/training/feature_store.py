@@ -38,6 +38,7 @@ from esr_tf.training.feature_cache import (
     photo_feature_maps,
     targets_and_weights,
     tokenize_columns,
+    traced_text_encoder,
 )
 
 log = logging.getLogger("esr_tf.training")
@@ -53,6 +54,11 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def text_hidden(model) -> int:
+    """Width of the text encoder's `sequence_output` (384 for MiniLM-L6)."""
+    return int(model.text_encoder.output["sequence_output"].shape[-1])
+
+
 def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_image: float, label: int) -> bytes:
     feature = {
         "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[seq.astype(np.float16).tobytes()])),
@@ -66,7 +72,7 @@ def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_imag
 
 
 @dataclass
-class StoredSplit:
+class ShardFiles:
     """One split's shards: files, example count and labels (kept for class weights)."""
 
     files: list[str]
@@ -97,11 +103,13 @@ class StoreSplit:
 class FeatureStore:
     """Frozen-backbone outputs of named splits on disk (see the module docstring)."""
 
-    def __init__(self, folder: Path, splits: dict[str, StoredSplit], photos: np.ndarray, hidden: int) -> None:
+    def __init__(self, folder: Path, splits: dict[str, ShardFiles], photos: np.ndarray, hidden: int,
+                 sequence_length: int) -> None:
         self.folder = Path(folder)
         self.splits = splits
         self.photos = photos  # [U, h, w, C] float16
         self.hidden = hidden
+        self.sequence_length = sequence_length  # batches are padded back to it (see `dataset`)
 
     @classmethod
     def build(
@@ -119,12 +127,13 @@ class FeatureStore:
         folder.mkdir(parents=True, exist_ok=True)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         photos, rows = _photo_table(model, folder, parts, batch_size, verbose)
-        hidden = int(model.text_encoder.output["sequence_output"].shape[-1])
+        hidden = text_hidden(model)
+        encode = traced_text_encoder(model.encode_text)  # traced once, for every shard
         splits = {
-            split: _write_split(model, folder, split, cols, rows, shard_examples, batch_size, verbose)
+            split: _write_split(model, encode, folder, split, cols, rows, shard_examples, batch_size, verbose)
             for split, cols in parts.items()
         }
-        return cls(folder, splits, photos, hidden)
+        return cls(folder, splits, photos, hidden, model.preprocessor.sequence_length)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.splits.values())
@@ -154,7 +163,7 @@ class FeatureStore:
         drop_remainder: bool = False,
         shuffle_buffer: int = 4096,
     ) -> tf.data.Dataset:
-        """Batches of `head_model()` inputs (each batch padded to its longest example) with
+        """Batches of `head_model()` inputs (padded to the model's sequence length) with
         `targets_and_weights` (`class_weights`: one weight per label, or none)."""
         files = tf.data.Dataset.from_tensor_slices(self.splits[split].files)
         if shuffle:
@@ -167,7 +176,12 @@ class FeatureStore:
         if repeat:
             ds = ds.repeat()
         ds = ds.map(self._parse, num_parallel_calls=AUTOTUNE)
-        ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
+        # Padded back to the full length: one input shape, so Keras traces its step once (as on
+        # the in-RAM cache); the disk keeps only the real tokens.
+        length = self.sequence_length
+        shapes = {"sequence_output": [length, self.hidden], "text_mask": [length], "token_ids": [length],
+                  "segment_ids": [length], "image_index": [], "has_image": [], "label": []}
+        ds = ds.padded_batch(batch_size, padded_shapes=shapes, drop_remainder=drop_remainder)
         table = tf.constant(self.photos)
         weights = None if class_weights is None else tf.constant(np.asarray(class_weights, np.float32))
 
@@ -217,14 +231,29 @@ def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> t
     digest = examples_digest({"image": np.array(paths)})
     if table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest:
         return np.load(table, mmap_mode="r"), rows
-    maps = photo_feature_maps(model, paths, batch_size, verbose).astype(np.float16)
-    _atomic_write(table, lambda tmp: np.save(open(tmp, "wb"), maps))
-    index.write_text(json.dumps({"digest": digest, "photos": len(paths)}))
+    _atomic_write(table, lambda tmp: _write_photo_table(model, paths, tmp, batch_size, verbose))
+    _atomic_write(index, lambda tmp: tmp.write_text(json.dumps({"digest": digest, "photos": len(paths)})))
     return np.load(table, mmap_mode="r"), rows
 
 
-def _write_split(model, folder: Path, split: str, cols, photo_rows: dict[str, int], shard_examples: int,
-                 batch_size: int, verbose: int) -> StoredSplit:
+def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, verbose: int,
+                       chunk: int = 1024) -> None:
+    """`image_encoder` feature maps of `paths` into a float16 `.npy` at `path`, `chunk` photos at
+    a time (a memory-mapped file: the pass holds one chunk in RAM, not the table)."""
+    if not paths:  # a catalogue without photos: one zero row
+        with open(path, "wb") as f:
+            np.save(f, photo_feature_maps(model, [], batch_size).astype(np.float16))
+        return
+    shape = (len(paths), *model.image_encoder.output.shape[1:])
+    table = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
+    for start in range(0, len(paths), chunk):
+        table[start : start + chunk] = photo_feature_maps(model, paths[start : start + chunk], batch_size, verbose)
+    table.flush()
+    del table
+
+
+def _write_split(model, encode, folder: Path, split: str, cols, photo_rows: dict[str, int], shard_examples: int,
+                 batch_size: int, verbose: int) -> ShardFiles:
     """`<split>-<examples digest>/shard-<k>.tfrecord`: finished shards are kept, missing ones written."""
     n = len(cols["query"])
     out = folder / f"{split}-{examples_digest(cols)[:16]}"
@@ -240,7 +269,7 @@ def _write_split(model, folder: Path, split: str, cols, photo_rows: dict[str, in
         rows = slice(start, min(n, start + shard_examples))
         shard = {key: np.asarray(cols[key])[rows] for key in ("query", "title")}
         ids = tokenize_columns(model.preprocessor, shard["query"], shard["title"], batch_size)
-        text = encode_text_rows(model.encode_text, ids, batch_size, verbose=0)
+        text = encode_text_rows(model.encode_text, ids, batch_size, traced=encode)
         lengths = ids["padding_mask"].sum(axis=1)
         shard_paths, shard_labels = paths[rows], labels[rows]
 
@@ -256,5 +285,6 @@ def _write_split(model, folder: Path, split: str, cols, photo_rows: dict[str, in
         _atomic_write(path, write)
         if verbose:
             log.info("feature store: %s shard %d written (%d examples)", split, k, int(len(lengths)))
-    (out / "manifest.json").write_text(json.dumps({"format": _FORMAT, "examples": n, "shards": len(files)}))
-    return StoredSplit(files, labels)
+    manifest = {"format": _FORMAT, "examples": n, "shards": len(files), "hidden": int(text_hidden(model))}
+    _atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest)))
+    return ShardFiles(files, labels)
