@@ -7,10 +7,11 @@ per-photo feature maps (each distinct photo once). `FeatureStore.dataset` stream
 `tf.data` into `RelevanceModel.head_model()`; only a shuffle buffer and the photo table stay
 in RAM.
 
-The store lives under `<root>/<backbone fingerprint>/`: a rerun (or another seed / fusion mode
-with the same encoders) finds it and reuses every finished shard, a model with other encoders
-never does. Shards are written to a temporary name and renamed when complete, so a run killed
-during the feature pass recomputes only the shard it was writing.
+The store lives under `<root>/<backbone fingerprint>/<split>-<examples>-<photos>/` (digests):
+a rerun (or another fusion mode over the same examples with the same encoders) finds it and
+reuses every finished shard, a model with other encoders never does. Shards are written to a
+temporary name and renamed when complete, so a run killed during the feature pass recomputes
+only the shard it was writing.
 
 Example:
 >>> store = FeatureStore.build(model, {"train": catalogue.columns("train")}, "features")  # doctest: +SKIP
@@ -126,11 +127,12 @@ class FeatureStore:
         folder = Path(root) / backbone_fingerprint(model)[:20]
         folder.mkdir(parents=True, exist_ok=True)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
-        photos, rows = _photo_table(model, folder, parts, batch_size, verbose)
+        photos, rows, photo_digest = _photo_table(model, folder, parts, batch_size, verbose)
         hidden = text_hidden(model)
         encode = traced_text_encoder(model.encode_text)  # traced once, for every shard
         splits = {
-            split: _write_split(model, encode, folder, split, cols, rows, shard_examples, batch_size, verbose)
+            split: _write_split(model, encode, folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}",
+                                cols, rows, shard_examples, batch_size, verbose)
             for split, cols in parts.items()
         }
         return cls(folder, splits, photos, hidden, model.preprocessor.sequence_length)
@@ -218,22 +220,23 @@ class FeatureStore:
         }
 
 
-def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int]]:
-    """`photos.npy` ([U, h, w, C] float16, every distinct photo of `parts` once) and its rows.
+def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
+    """`photos.npy` ([U, h, w, C] float16, every distinct photo of `parts` once), its rows and
+    the digest of its photo list.
 
-    Reused when it holds exactly these photos; rewritten (whole) when a split adds others.
+    Reused when it holds exactly these photos; rewritten (whole) when the photos differ. Shard
+    folders carry the digest, as their `image_index` values are rows of this table.
     """
     if not model.reads_photos:  # text_only: one zero row, nothing stored
-        return photo_feature_maps(model, [], batch_size).astype(np.float16), {}
+        return photo_feature_maps(model, [], batch_size).astype(np.float16), {}, "nophoto"
     paths = sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"]).astype(str) if p})
     rows = {p: i for i, p in enumerate(paths)}
     table, index = folder / "photos.npy", folder / "photos.json"
     digest = examples_digest({"image": np.array(paths)})
-    if table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest:
-        return np.load(table, mmap_mode="r"), rows
-    _atomic_write(table, lambda tmp: _write_photo_table(model, paths, tmp, batch_size, verbose))
-    _atomic_write(index, lambda tmp: tmp.write_text(json.dumps({"digest": digest, "photos": len(paths)})))
-    return np.load(table, mmap_mode="r"), rows
+    if not (table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest):
+        _atomic_write(table, lambda tmp: _write_photo_table(model, paths, tmp, batch_size, verbose))
+        _atomic_write(index, lambda tmp: tmp.write_text(json.dumps({"digest": digest, "photos": len(paths)})))
+    return np.load(table, mmap_mode="r"), rows, digest
 
 
 def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, verbose: int,
@@ -252,11 +255,10 @@ def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, ver
     del table
 
 
-def _write_split(model, encode, folder: Path, split: str, cols, photo_rows: dict[str, int], shard_examples: int,
+def _write_split(model, encode, out: Path, cols, photo_rows: dict[str, int], shard_examples: int,
                  batch_size: int, verbose: int) -> ShardFiles:
-    """`<split>-<examples digest>/shard-<k>.tfrecord`: finished shards are kept, missing ones written."""
+    """`out/shard-<k>-of-<n>.tfrecord` for one split: finished shards are kept, missing ones written."""
     n = len(cols["query"])
-    out = folder / f"{split}-{examples_digest(cols)[:16]}"
     out.mkdir(exist_ok=True)
     labels = np.asarray(cols["label"], np.int32) if "label" in cols else np.full(n, -1, np.int32)
     paths = np.asarray(cols["image"]).astype(str)
@@ -284,7 +286,7 @@ def _write_split(model, encode, folder: Path, split: str, cols, photo_rows: dict
 
         _atomic_write(path, write)
         if verbose:
-            log.info("feature store: %s shard %d written (%d examples)", split, k, int(len(lengths)))
+            log.info("feature store: %s shard %d written (%d examples)", out.name, k, int(len(lengths)))
     manifest = {"format": _FORMAT, "examples": n, "shards": len(files), "hidden": int(text_hidden(model))}
     _atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest)))
     return ShardFiles(files, labels)

@@ -95,3 +95,23 @@ def test_train_streams_from_the_store_and_reuses_it(tiny_catalogue, tmp_path, mo
     # another run with the same (seeded, random-init) encoders: a concat head on the same store
     again = parse_config({**config.to_dict(), "out_dir": str(tmp_path / "run2")}, ["model.fusion=concat"])
     assert train(again, catalogue=tiny_catalogue, verbose=0).epochs_run == 1
+
+
+def test_shards_never_point_into_another_photo_table(model, parts, store, tmp_path):
+    """Another photo set renumbers the photo table: the train shards are then written anew (their
+    `image_index` are rows of the table), not reused with stale rows."""
+    import shutil
+
+    train = parts["train"]
+    photo = next(p for p in train["image"] if p)
+    extra = str(tmp_path / "0000_first.jpg")  # sorts before every other photo: shifts all rows
+    shutil.copy(photo, extra)
+    more = {k: v[:3] for k, v in parts["valid"].items()}
+    more["image"] = np.array([extra] * 3)
+    again = fs.FeatureStore.build(model, {"train": train, "more": more}, store.folder.parent, shard_examples=64)
+    assert again.splits["train"].files != store.splits["train"].files
+    head = model.head_model()
+    ram = BackboneFeatures.compute(model, train)
+    expected = head.predict(ram.dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
+    got = head.predict(again.view("train").dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
+    np.testing.assert_allclose(got, expected, atol=2e-3)
