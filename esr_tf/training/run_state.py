@@ -128,3 +128,14 @@ def prepare_out_dir(out: Path, fingerprint: dict, *, overwrite: bool = False) ->
     tmp = out / f".{RUN_FILE}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True), encoding="utf-8")
     tmp.replace(out / RUN_FILE)
+
+
+def full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:
+    """History across resumed runs, read back from the CSV log (one row per finished epoch)."""
+    path = out / "history.csv"
+    if not path.exists():
+        return fallback
+    rows = [line.split(",") for line in path.read_text().splitlines() if line]
+    header, body = rows[0], [r for r in rows[1:] if r and r[0] != "epoch"]
+    by_epoch = {int(r[0]): r for r in body}  # a resumed epoch overwrites its partial row
+    return {key: [float(by_epoch[e][i]) for e in sorted(by_epoch)] for i, key in enumerate(header) if key != "epoch"}

@@ -46,7 +46,7 @@ from esr_tf.training.feature_cache import (
     targets_and_weights,
 )
 from esr_tf.training.losses import RelevanceLoss
-from esr_tf.training.run_state import prepare_out_dir, run_fingerprint
+from esr_tf.training.run_state import full_history, prepare_out_dir, run_fingerprint
 
 log = logging.getLogger("esr_tf.training")
 
@@ -401,15 +401,4 @@ def _finish(
     model.save(tmp)
     tmp.replace(model_path)
     epochs_run = len(history.get("loss", []))
-    return TrainResult(model, _full_history(out, history), catalogue, out, model_path, epochs_run, features)
-
-
-def _full_history(out: Path, fallback: dict[str, list[float]]) -> dict[str, list[float]]:
-    """History across resumed runs, read back from the CSV log (one row per finished epoch)."""
-    path = out / "history.csv"
-    if not path.exists():
-        return fallback
-    rows = [line.split(",") for line in path.read_text().splitlines() if line]
-    header, body = rows[0], [r for r in rows[1:] if r and r[0] != "epoch"]
-    by_epoch = {int(r[0]): r for r in body}  # a resumed epoch overwrites its partial row
-    return {key: [float(by_epoch[e][i]) for e in sorted(by_epoch)] for i, key in enumerate(header) if key != "epoch"}
+    return TrainResult(model, full_history(out, history), catalogue, out, model_path, epochs_run, features)
