@@ -24,15 +24,21 @@ def tiny_config(tmp_path_factory):
     from esr_tf.training.config import parse_config
 
     out = tmp_path_factory.mktemp("train")
-    return parse_config({"epochs": 2, "batch_size": 16, "out_dir": str(out), "model": TINY_MODEL})
+    # No retrieval model (~10 s of tracing per run) in the runs built from this config; the shared
+    # `tiny_trained` run fits one (`tiny_towers`).
+    return parse_config({"epochs": 2, "batch_size": 16, "out_dir": str(out), "model": TINY_MODEL,
+                         "retrieval": {"epochs": 0}})
 
 
 @pytest.fixture(scope="session")
 def tiny_trained(tiny_config, tiny_catalogue):
     """A `TrainResult` of 2 epochs on the tiny demo shop (random-init tiny backbones)."""
+    from dataclasses import replace
+
     from esr_tf.training.trainer import train
 
-    return train(tiny_config, catalogue=tiny_catalogue, verbose=0)
+    return train(replace(tiny_config, retrieval=replace(tiny_config.retrieval, epochs=30)),
+                 catalogue=tiny_catalogue, verbose=0)
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,8 @@ def _default_text(value) -> str:
         return "true" if value else "false"
     if value is None:
         return "null"
+    if value == "":
+        return '""'
     if isinstance(value, dict):
         return "ESCI" if value == ESCI.get_config() else json.dumps(value)
     return repr(value) if isinstance(value, float) else str(value)
