@@ -101,9 +101,9 @@ class TrainConfig:
         cache_features: with both backbones frozen, compute their outputs once and train the
             fusion head on them (about 10x faster on CPU; identical model).
         feature_store: with `cache_features`, a folder where those outputs are written once
-            (float16 TFRecord shards, `training.feature_store`) and streamed from, so that memory
-            does not grow with the data; reused by reruns with the same encoders. "" keeps them
-            in RAM (fastest for small catalogues).
+            (float16 TFRecord shards, `training.feature_store`) and streamed from, so that they
+            need not fit in RAM; reused by reruns with the same encoders. "" keeps them in RAM
+            (fastest for small catalogues).
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
         mixed_precision: `"auto"` (mixed_float16 on GPU only), `"on"` or `"off"`.
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).

@@ -1,4 +1,4 @@
-"""Frozen-backbone outputs on disk, so that training memory does not grow with the data (#17).
+"""Frozen-backbone outputs on disk, so that training need not hold them in RAM (#17).
 
 `BackboneFeatures` keeps `[N, L, 384]` float32 BERT outputs in RAM (~49 KB per pair at L=32):
 0.4 M ESCI pairs would need ~20 GB. `FeatureStore.build` writes the same outputs once to TFRecord
