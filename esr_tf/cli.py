@@ -194,21 +194,23 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.suite == "main":
+        from esr_tf.bench.run import run_benchmarks
+
+        run_benchmarks(args.out, quick=args.quick)
+        return 0
     if args.suite == "scale":
-        from esr_tf.bench.scale import run_scale_bench
+        from esr_tf.bench.scale import run_scale_bench as run
+    elif args.suite == "search":
+        from esr_tf.bench.search import run_search_bench as run
+    else:
+        from esr_tf.bench.product_text import run_text_bench
 
-        run_scale_bench(args.out, quick=args.quick)
-        print((Path(args.out) / "scale.md").read_text(), end="")
-        return 0
-    if args.suite == "search":
-        from esr_tf.bench.search import run_search_bench
+        def run(out, quick):
+            return run_text_bench(out, quick=quick, data=args.data)
 
-        run_search_bench(args.out, quick=args.quick)
-        print((Path(args.out) / "search.md").read_text(), end="")
-        return 0
-    from esr_tf.bench.run import run_benchmarks
-
-    run_benchmarks(args.out, quick=args.quick)
+    run(args.out, quick=args.quick)
+    print((Path(args.out) / f"{args.suite}.md").read_text(), end="")
     return 0
 
 
@@ -252,9 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--suite", default="main", choices=("main", "search", "scale"),
+    p.add_argument("--suite", default="main", choices=("main", "search", "scale", "text"),
                    help="main: bench.json (pipeline, training, serving); search: search.json (catalogue "
-                        "search); scale: scale.json (training memory and speed at 10k-200k pairs)")
+                        "search); scale: scale.json (training memory and speed at 10k-200k pairs); text: "
+                        "text.json (what product fields and sequence length cost per pair)")
+    p.add_argument("--data", default=None, help="text suite: a catalogue folder (default: the demo shop)")
     p.set_defaults(func=cmd_bench)
     for p in sub.choices.values():
         p.add_argument(

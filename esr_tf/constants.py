@@ -24,6 +24,12 @@ MISSING_IMAGE_POLICIES = ("error", "no_image")
 # patches), and the side the demo shop renders its photos at, so that they are not upscaled.
 IMAGE_SIZE = 224
 
+# Product fields the model can read in BERT's product segment (`ModelConfig.product_text`), and
+# what it reads by default: field -> token budget, packed in this order (waterfall: the budget
+# caps each field, then the whole segment is trimmed from its end to fit `sequence_length`).
+PRODUCT_TEXT_FIELDS = ("title", "brand", "color", "description", "bullets")
+DEFAULT_PRODUCT_TEXT = {"title": 16, "brand": 4, "color": 4}
+
 # Candidates a search re-ranks when the request does not say (`search_top`'s default; REST
 # clients import it from here, without TensorFlow).
 DEFAULT_RERANK = 50

@@ -51,7 +51,7 @@ def run_demo(
     )
     base = out / "serving_models"
     export_dir, verification = _export_and_verify(result.model, base, cpp)
-    request = _sample_request(result.catalogue)
+    request = _sample_request(result.catalogue, result.model.preprocessor.product_fields)
     summary = {
         "macro_f1": report["macro_f1"],
         "accuracy": report["accuracy"],
@@ -98,13 +98,15 @@ def _export_and_verify(model, base: Path, cpp: bool) -> tuple[Path, dict]:
     return export_dir, verification
 
 
-def _sample_request(catalogue) -> dict:
-    """A ready-to-send TF Serving REST request: the first test example."""
+def _sample_request(catalogue, model_fields: tuple[str, ...]) -> dict:
+    """A ready-to-send TF Serving REST request: the first test example, with the product fields
+    the model reads."""
     from esr_tf.serving.requests import rest_predict_body
 
     test = catalogue.columns("test")
+    fields = {f: [str(test[f][0])] for f in model_fields if f != "title"}
     return rest_predict_body(
-        [str(test["query"][0])], [str(test["title"][0])], [_read(test["image"][0])]
+        [str(test["query"][0])], [str(test["title"][0])], [_read(test["image"][0])], fields=fields
     )
 
 

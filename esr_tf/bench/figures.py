@@ -170,7 +170,7 @@ def numeric_batches(
     `preprocess` is `graph_preprocess(model)` (already traced: no new tf.data trace).
     """
     n = batch_size * num_batches
-    x = preprocess(tf_inputs(raw_examples(columns, n), slice(0, n)))
+    x = preprocess(tf_inputs(raw_examples(columns, n, fields=model.preprocessor.product_fields), slice(0, n)))
     y = tf.constant(np.asarray(columns["label"][:n], np.int32))
     gains = tuple(model.label_set.gains)
     return (

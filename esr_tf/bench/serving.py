@@ -22,18 +22,15 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.bench.timing import summarize, time_calls
-from esr_tf.preprocessing.relevance_preprocessor import RAW_INPUTS
 
 
-def raw_examples(columns, n: int, offset: int = 0) -> dict[str, np.ndarray]:
-    """Raw request inputs: query, title and the photo file's bytes (b"" when none)."""
+def raw_examples(columns, n: int, offset: int = 0, fields=("title",)) -> dict[str, np.ndarray]:
+    """Raw request inputs: query, the product `fields` (a model's `product_fields`) and the
+    photo file's bytes (b"" when none)."""
     rows = slice(offset, offset + n)
     images = [Path(p).read_bytes() if p else b"" for p in np.asarray(columns["image"])[rows]]
-    return {
-        "query": np.asarray(columns["query"])[rows].astype(str).astype(object),
-        "title": np.asarray(columns["title"])[rows].astype(str).astype(object),
-        "image": np.array(images, dtype=object),
-    }
+    text = {k: np.asarray(columns[k])[rows].astype(str).astype(object) for k in ("query", *fields)}
+    return {**text, "image": np.array(images, dtype=object)}
 
 
 def tf_inputs(raw: Mapping[str, np.ndarray], rows: slice) -> dict[str, tf.Tensor]:
@@ -55,7 +52,7 @@ def _interleaved(a, b, repeats: int) -> tuple[list[float], list[float]]:
 
 def graph_preprocess(model) -> tf.function:
     """`model.preprocessor` traced once for any batch size (raw string batches -> numeric)."""
-    spec = {k: tf.TensorSpec([None], tf.string) for k in RAW_INPUTS}
+    spec = {k: tf.TensorSpec([None], tf.string) for k in model.preprocessor.raw_inputs}
     return tf.function(lambda x: model.preprocessor(x), input_signature=[spec])
 
 
@@ -104,8 +101,8 @@ def _fetch(outputs) -> None:
         value.numpy()
 
 
-def product_sample(columns, n: int) -> dict[str, np.ndarray]:
-    """Up to `n` distinct products (title + photo bytes) from the catalogue."""
+def product_sample(columns, n: int, fields=("title",)) -> dict[str, np.ndarray]:
+    """Up to `n` distinct products (product `fields` + photo bytes) from the catalogue."""
     seen: dict[str, int] = {}
     for i, pid in enumerate(np.asarray(columns["product_id"])):
         if pid not in seen:
@@ -113,15 +110,15 @@ def product_sample(columns, n: int) -> dict[str, np.ndarray]:
         if len(seen) == n:
             break
     rows = np.array(list(seen.values()))
-    picked = {k: np.asarray(columns[k])[rows] for k in ("query", "title", "image")}
-    return raw_examples(picked, len(rows))
+    picked = {k: np.asarray(columns[k])[rows] for k in ("query", *fields, "image")}
+    return raw_examples(picked, len(rows), fields=fields)
 
 
 def measure_rerank(loaded, products: dict[str, np.ndarray], *, query: str, repeats: int) -> dict:
     """Scoring N products for one query: cached image tokens vs `serving_default`."""
     n = len(products["title"])
-    query_t = tf.constant([query] * n)
-    title_t = tf.constant(list(products["title"]))
+    text = {"query": tf.constant([query] * n), **{k: tf.constant(list(v)) for k, v in products.items()
+                                                   if k not in ("query", "image")}}
     image_t = tf.constant(list(products["image"]))
     embed = loaded.signatures["embed_images"]
     start = time.perf_counter()
@@ -130,8 +127,8 @@ def measure_rerank(loaded, products: dict[str, np.ndarray], *, query: str, repea
     scored = loaded.signatures["score_with_image_features"]
     full = loaded.signatures["serving_default"]
     t_cached, t_full = _interleaved(
-        lambda i: _fetch(scored(query=query_t, title=title_t, **cached)),
-        lambda i: _fetch(full(query=query_t, title=title_t, image=image_t)),
+        lambda i: _fetch(scored(**text, **cached)),
+        lambda i: _fetch(full(**text, image=image_t)),
         repeats,
     )
     tokens = cached["image_tokens"]

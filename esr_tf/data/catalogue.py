@@ -67,6 +67,7 @@ class Product:
     description: str = ""
     brand: str = ""
     color: str = ""
+    bullets: str = ""  # bullet points (ESCI's product_bullet_point), one per line
     image: str = ""
 
 
@@ -273,8 +274,8 @@ class Catalogue:
     ) -> dict[str, np.ndarray]:
         """Column arrays over the examples of `split` (all when None), products joined in.
 
-        Keys: query, query_id, product_id, title, description, brand, color, image (resolved
-        path or ""), split (object arrays of str) and label (int32).
+        Keys: query, query_id, product_id, title, description, brand, color, bullets, image
+        (resolved path or ""), split (object arrays of str) and label (int32).
 
         `label_set`: number the labels as this set does (a model's, matched by name or code)
         instead of as `self.label_set`; `CatalogueError` names labels it lacks.
@@ -298,6 +299,7 @@ class Catalogue:
             "description": col(p.description for p in products),
             "brand": col(p.brand for p in products),
             "color": col(p.color for p in products),
+            "bullets": col(p.bullets for p in products),
             "image": col(p.image for p in products),
             "label": labels,
             "split": col(e.split for e in examples),

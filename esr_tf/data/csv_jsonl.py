@@ -3,8 +3,8 @@
 A catalogue folder holds two tables, each as `.csv` (UTF-8, header row) or `.jsonl` (one UTF-8
 JSON object per line), with the same column / field names:
 
-- `products`: `product_id`, `title` (required); `description`, `brand`, `color`, `image`
-  (optional). `image` is a path relative to the folder ("" = no image); absolute paths and
+- `products`: `product_id`, `title` (required); `description`, `brand`, `color`, `bullets`,
+  `image` (optional). `image` is a path relative to the folder ("" = no image); absolute paths and
   paths or symlinks leading outside the folder are always refused.
 - `examples`: `query`, `product_id`, `label` (required); `query_id`, `split` (optional).
   Labels are the label set's codes or names in any case (`E`, `exact`, ...). A missing
@@ -51,7 +51,7 @@ from esr_tf.data.image_files import resolve_inside
 from esr_tf.labels import ESCI, LabelSet
 from esr_tf.validation import load_json_object
 
-PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "color", "image")
+PRODUCT_COLUMNS = ("product_id", "title", "description", "brand", "color", "bullets", "image")
 EXAMPLE_COLUMNS = ("query", "query_id", "product_id", "label", "split")
 _REQUIRED = {"products": ("product_id", "title"), "examples": ("query", "product_id", "label")}
 
@@ -226,6 +226,7 @@ def _read_products(
             description=fix(r.get("description")),
             brand=fix(r.get("brand")),
             color=fix(r.get("color")),
+            bullets=fix(r.get("bullets")),
             image=image,
         )
     return products

@@ -17,7 +17,8 @@ that carve-out, `split="valid"` the carve-out, `split="test"` the published test
 
 Fallbacks, counted in `Catalogue.fixes`: `title_missing` (null title -> ""), `product_not_found`
 (no product row for an example: the left join gives an empty product), `text_truncated`.
-The description is the product description (HTML tags removed) followed by the bullet points.
+The description is the product description with HTML tags removed; the bullet points go to
+`Product.bullets` (both readable by the model through `model.product_text`).
 
 Images are not part of ESCI. `image_dir` may hold one file per product named
 `<product_id>.jpg` (or .jpeg / .png / .gif / .bmp / .webp); products without a usable file get no
@@ -260,15 +261,16 @@ def _product_image(
 
 
 def _product(key: str, values: dict, image: str, fix: TextFixer) -> Product:
-    """One catalogue product from its parquet values: description (HTML tags removed) + bullets."""
+    """One catalogue product from its parquet values (description without HTML tags)."""
     description = _TAG.sub(" ", values["product_description"] or "")
     description = " ".join(description.split())
     bullets = (values["product_bullet_point"] or "").strip()
     return Product(
         product_id=key,
         title=fix(values["product_title"]),
-        description=fix("\n".join(t for t in (description, bullets) if t)),
+        description=fix(description),
         brand=fix(values["product_brand"]),
         color=fix(values["product_color"]),
+        bullets=fix(bullets),
         image=image,
     )

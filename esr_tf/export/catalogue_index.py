@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.models.retrieval import product_tower
 from esr_tf.training.product_embeddings import photo_tokens, product_vectors
 
@@ -35,6 +36,8 @@ class IndexArrays:
     embeddings: np.ndarray  # [N, d] float32, unit vectors
     photo_tokens: np.ndarray  # [U + 1, P, H] float32 (bfloat16 in the export), row 0 = no photo
     photo_row: np.ndarray  # [N] int32
+    # The other product fields the relevance model reads when it re-ranks (brand, color, ...).
+    fields: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [N] str
 
     def __len__(self) -> int:
         return len(self.product_ids)
@@ -69,6 +72,8 @@ def embed_catalogue(model, towers, products: Sequence, batch_size: int = 256) ->
         embeddings=np.asarray(embeddings, np.float32),
         photo_tokens=tokens,
         photo_row=rows.astype(np.int32),
+        fields={f: np.array([getattr(p, f) for p in products], dtype=object)
+                for f in model.preprocessor.product_fields if f != "title"},
     )
 
 
@@ -98,12 +103,16 @@ def merge(old: IndexArrays, new: IndexArrays | None = None, remove: Iterable[str
         shift = len(old.photo_tokens) - 1  # new photo rows go after the old ones; row 0 stays "no photo"
         rows.append(np.where(new.photo_row[mask] > 0, new.photo_row[mask] + shift, 0))
         tables.append(new.photo_tokens[1:])
+    if new is not None and set(new.fields) != set(old.fields):
+        raise IndexBuildError(f"the index stores product fields {sorted(old.fields)} but the new products "
+                              f"{sorted(new.fields)}; rebuild the index without --add / --remove")
     merged = IndexArrays(
         product_ids=np.concatenate([a.product_ids[m] for a, m in parts]),
         titles=np.concatenate([a.titles[m] for a, m in parts]),
         embeddings=np.concatenate([a.embeddings[m] for a, m in parts]),
         photo_tokens=np.concatenate(tables),
         photo_row=np.concatenate(rows).astype(np.int32),
+        fields={f: np.concatenate([a.fields[f][m] for a, m in parts]) for f in old.fields},
     )
     if not len(merged):
         raise IndexBuildError("the index would hold no products (every product removed)")
@@ -124,10 +133,14 @@ def read_index(export_dir: str | Path) -> IndexArrays:
     if not all(reader.has_tensor(key) for key in keys.values()):
         raise IndexBuildError(f"{export_dir}: not a search index export (no catalogue in it)")
     value = {name: reader.get_tensor(key) for name, key in keys.items()}
+    fields = {f: f"index/fields/{f}/.ATTRIBUTES/VARIABLE_VALUE" for f in PRODUCT_TEXT_FIELDS}
+    fields = {f: np.array([v.decode() for v in reader.get_tensor(key).tolist()], dtype=object)
+              for f, key in fields.items() if reader.has_tensor(key)}
     return IndexArrays(
         product_ids=np.array([v.decode() for v in value["product_ids"].tolist()], dtype=object),
         titles=np.array([v.decode() for v in value["titles"].tolist()], dtype=object),
         embeddings=np.ascontiguousarray(value["embeddings"].T),  # stored [d, N]
         photo_tokens=np.asarray(value["photo_tokens"], np.float32),
         photo_row=value["photo_row"],
+        fields=fields,
     )

@@ -36,13 +36,14 @@ from esr_tf.export.catalogue_index import (
 from esr_tf.export.saved_model import (
     REFERENCE_FILE,
     build_signatures,
+    model_warmup_records,
     reference_outputs,
     sample_inputs,
     write_version,
 )
 from esr_tf.export.search_index import CatalogueSearch
 from esr_tf.export.versions import check_model_name, version_numbers
-from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
+from esr_tf.serving.requests import WARMUP_FILE_NAME, write_warmup_file
 from esr_tf.serving.search_requests import search_warmup_records
 
 INDEX_INFO_FILE = "esr_tf_index.json"
@@ -76,15 +77,14 @@ def _write_index(search: CatalogueSearch, arrays: IndexArrays, target: Path, mod
     signatures = {**build_signatures(model), **search.signatures()}
     samples = sample_inputs()
     # Reference answers first: tracing for these calls is reused by the save, not the reverse (2x faster).
-    reference = {**reference_outputs(signatures, samples), **_search_reference(search, arrays)}
+    reference = {**reference_outputs(model, signatures, samples), **_search_reference(search, arrays)}
     root = tf.Module()
     root.index = search  # `read_index` finds the catalogue arrays here
     root.preprocessor = model.preprocessor
     tf.saved_model.save(root, str(target), signatures=signatures)
     extra = target / "assets.extra"
     extra.mkdir(exist_ok=True)
-    records = warmup_records(list(samples["query"]), list(samples["title"]), list(samples["image"]),
-                             model_name=model_name)
+    records = model_warmup_records(model, samples, len(samples["query"]), model_name)
     records += search_warmup_records(arrays.titles[:4].tolist(), arrays.product_ids[:2].tolist(),
                                      model_name=model_name, signatures=list(search.signatures()))
     write_warmup_file(extra / WARMUP_FILE_NAME, records)

@@ -5,12 +5,14 @@ Layout: `<base>/<model_name>/<version>/` with `saved_model.pb`, `variables/`, `a
 the Keras model's outputs on them, which `esr-tf verify` compares against). The version is built
 in a hidden sibling folder and renamed into place, so a polling server never sees half of it.
 
-Signatures (all take raw strings / bytes; tokenization and decoding run in the graph):
-- `serving_default(query, title, image)` -> `probabilities`, `label`, `score`;
+Signatures (all take raw strings / bytes; tokenization and decoding run in the graph). `TEXT`
+stands for `query` plus the product fields the model reads (`model.product_text`, in its order:
+`title, brand, color` by default), each a `tf.string [n]` input; empty strings are allowed:
+- `serving_default(TEXT, image)` -> `probabilities`, `label`, `score`;
 - `embed_images(image)` -> `image_tokens`, `has_image` (compute once per product);
-- `score_with_image_features(query, title, image_tokens, has_image)` -> as `serving_default`;
-- `explain(query, title, image)` -> `attention` [n, L, h, w], `tokens` [n, L] (only for fusion
-  modes with cross-attention: `cross_attention`, `image_only`).
+- `score_with_image_features(TEXT, image_tokens, has_image)` -> as `serving_default`;
+- `explain(TEXT, image)` -> `attention` [n, L, h, w], `tokens` [n, L] (only for fusion modes
+  with cross-attention: `cross_attention`, `image_only`).
 
 Example:
 >>> path = export_saved_model(model, "serving_models", model_name="esr", version=1)  # doctest: +SKIP
@@ -84,6 +86,11 @@ def _check_image_features(image_tokens: tf.Tensor, has_image: tf.Tensor) -> tf.T
 _TEXT_SPEC = tf.TensorSpec([None], tf.string)
 
 
+def _text_specs(pre) -> list[tf.TensorSpec]:
+    """Named `[None]` string specs of `query` and the product fields (signature input names)."""
+    return [tf.TensorSpec([None], tf.string, name=k) for k in ("query", *pre.product_fields)]
+
+
 def build_signatures(model) -> dict:
     """The raw-input signatures of `model` (a `RelevanceModel`) as `tf.function`s."""
     pre = model.preprocessor
@@ -97,9 +104,9 @@ def build_signatures(model) -> dict:
     image_tokens = _image_tokens_fn(model, token_shape)
     score = _score_fn(model)
     signatures = {
-        "serving_default": _serving_default(image_tokens, score),
+        "serving_default": _serving_default(pre, image_tokens, score),
         "embed_images": _embed_images(image_tokens),
-        "score_with_image_features": _score_with_image_features(score, token_shape),
+        "score_with_image_features": _score_with_image_features(pre, score, token_shape),
     }
     if has_attention(model):  # text_only / concat / gated have no attention map to explain
         signatures["explain"] = _explain(model, image_tokens)
@@ -128,24 +135,26 @@ def _image_tokens_fn(model, token_shape: list):
 
 
 def _score_fn(model):
-    """Raw query and title plus image tokens -> the signature outputs (`_outputs`)."""
+    """Raw query and product text plus image tokens -> the signature outputs (`_outputs`)."""
     pre = model.preprocessor
 
-    def score(query, title, tokens, has_image):
-        packed = pre.tokenize(query, title)
+    def score(query, product, tokens, has_image):
+        packed = pre.tokenize(query, product)
         out = model.score(model.encode_text(packed, training=False), packed, tokens, has_image, training=False)
         return _outputs(model, out["probabilities"], out["score"])
 
     return score
 
 
-def _serving_default(image_tokens, score) -> tf.types.experimental.PolymorphicFunction:
-    """`serving_default(query, title, image)`: the whole model on raw inputs."""
-    @tf.function(input_signature=[_TEXT_SPEC, _TEXT_SPEC, _TEXT_SPEC])
-    def serving_default(query, title, image):
-        query, title, image = _check_request(query, title, image)
-        tokens, has_image = image_tokens(image)
-        return score(query, title, tokens, has_image)
+def _serving_default(pre, image_tokens, score) -> tf.types.experimental.PolymorphicFunction:
+    """`serving_default(query, <product fields>, image)`: the whole model on raw inputs."""
+    fields = pre.product_fields
+
+    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
+    def serving_default(query, *rest):
+        query, *rest = _check_request(query, *rest)
+        tokens, has_image = image_tokens(rest[-1])
+        return score(query, dict(zip(fields, rest[:-1], strict=True)), tokens, has_image)
 
     return serving_default
 
@@ -161,33 +170,35 @@ def _embed_images(image_tokens) -> tf.types.experimental.PolymorphicFunction:
     return embed_images
 
 
-def _score_with_image_features(score, token_shape: list) -> tf.types.experimental.PolymorphicFunction:
-    """`score_with_image_features(query, title, image_tokens, has_image)`: scoring with cached tokens."""
-    @tf.function(
-        input_signature=[
-            _TEXT_SPEC,
-            _TEXT_SPEC,
-            tf.TensorSpec(token_shape, tf.float32),
-            tf.TensorSpec([None], tf.float32),
-        ]
-    )
-    def score_with_image_features(query, title, image_tokens, has_image):
-        query, title, image_tokens, has_image = _check_request(query, title, image_tokens, has_image)
-        return score(query, title, _check_image_features(image_tokens, has_image), has_image)
+def _score_with_image_features(pre, score, token_shape: list) -> tf.types.experimental.PolymorphicFunction:
+    """`score_with_image_features(query, <product fields>, image_tokens, has_image)`: scoring
+    with cached tokens."""
+    fields = pre.product_fields
+    spec = [*_text_specs(pre), tf.TensorSpec(token_shape, tf.float32, name="image_tokens"),
+            tf.TensorSpec([None], tf.float32, name="has_image")]
+
+    @tf.function(input_signature=spec)
+    def score_with_image_features(query, *rest):
+        query, *rest = _check_request(query, *rest)
+        *text, image_tokens, has_image = rest
+        product = dict(zip(fields, text, strict=True))
+        return score(query, product, _check_image_features(image_tokens, has_image), has_image)
 
     return score_with_image_features
 
 
 def _explain(model, image_tokens) -> tf.types.experimental.PolymorphicFunction:
-    """`explain(query, title, image)`: `attention` [n, L, h, w] (each text token's head-averaged
-    attention over the patch grid in the last fusion block) and its WordPiece `tokens` [n, L]."""
+    """`explain(query, <product fields>, image)`: `attention` [n, L, h, w] (each text token's
+    head-averaged attention over the patch grid in the last fusion block) and its WordPiece
+    `tokens` [n, L]."""
     pre = model.preprocessor
+    fields = pre.product_fields
 
-    @tf.function(input_signature=[_TEXT_SPEC, _TEXT_SPEC, _TEXT_SPEC])
-    def explain(query, title, image):
-        query, title, image = _check_request(query, title, image)
-        tokens, has_image = image_tokens(image)
-        packed = pre.tokenize(query, title)
+    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
+    def explain(query, *rest):
+        query, *rest = _check_request(query, *rest)
+        tokens, has_image = image_tokens(rest[-1])
+        packed = pre.tokenize(query, dict(zip(fields, rest[:-1], strict=True)))
         text = model.encode_text(packed, training=False)
         attention = model.attention_maps(text, packed, tokens, has_image)
         return {"attention": tf.cast(attention, tf.float32), "tokens": token_strings(model, packed["token_ids"])}
@@ -207,7 +218,8 @@ def build_archive(model, signatures: dict | None = None) -> keras.export.ExportA
 
 
 def sample_inputs(num: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
-    """Raw sample inputs (JPEG, PNG and missing photos; accents, CJK, emoji) for checks."""
+    """Raw sample inputs (JPEG, PNG and missing photos; accents, CJK, emoji; empty fields) for
+    checks, with every product text field (a model reads those of its `product_text`)."""
     rng = np.random.default_rng(seed)
     queries = [
         "red sneakers",
@@ -234,24 +246,37 @@ def sample_inputs(num: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
             images.append(tf.io.encode_png(pixels).numpy())
         else:
             images.append(tf.io.encode_jpeg(pixels).numpy())
+    extra = {"brand": ["Acme", "", "Maison Café", "山田", "", "Nordwind"],
+             "color": ["red", "blue", "", "红色", "grey", ""],
+             "description": ["Light and fast.", "", "Soft cotton.", "", "Warm.", ""],
+             "bullets": ["Breathable\nVegan", "", "", "", "Wool blend", ""]}
+    text = {"title": titles, **extra}
     return {
         "query": np.array([queries[i % 6] for i in range(num)], dtype=object),
-        "title": np.array([titles[i % 6] for i in range(num)], dtype=object),
+        **{k: np.array([v[i % 6] for i in range(num)], dtype=object) for k, v in text.items()},
         "image": np.array(images, dtype=object),
     }
 
 
-def reference_outputs(signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs of the in-memory (Keras) signatures, stored next to the export for `verify`."""
-    out = signatures["serving_default"](
-        tf.constant(inputs["query"]), tf.constant(inputs["title"]), tf.constant(inputs["image"])
-    )
-    emb = signatures["embed_images"](tf.constant(inputs["image"]))
-    ref = {f"input/{k}": v for k, v in inputs.items()}
+def signature_inputs(model, inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    """The `serving_default` / `explain` inputs of `model` from raw `inputs` columns, in
+    signature order (`KeyError` naming a product field it reads that `inputs` lacks). A loaded
+    export takes them as keywords; the in-memory `build_signatures` functions by position."""
+    model.preprocessor.check_raw(inputs)
+    return {k: tf.constant(list(inputs[k])) for k in model.preprocessor.raw_inputs}
+
+
+def reference_outputs(model, signatures: dict, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the in-memory (Keras) signatures, stored next to the export for `verify`
+    (with the raw inputs the model reads, as `input/<name>`)."""
+    args = signature_inputs(model, inputs)
+    out = signatures["serving_default"](*args.values())  # in memory: inputs by position
+    emb = signatures["embed_images"](args["image"])
+    ref = {f"input/{k}": np.asarray(inputs[k]) for k in args}
     ref.update({f"serving_default/{k}": v.numpy() for k, v in out.items()})
     ref.update({f"embed_images/{k}": v.numpy() for k, v in emb.items()})
     if "explain" in signatures:
-        explained = signatures["explain"](*(tf.constant(inputs[k]) for k in ("query", "title", "image")))
+        explained = signatures["explain"](*args.values())
         ref.update({f"explain/{k}": v.numpy() for k, v in explained.items()})
     return ref
 
@@ -319,21 +344,26 @@ def _write_export(model, target: Path, model_name: str, warmup, num_warmup_recor
     """The SavedModel plus `assets.extra/` (warm-up requests, reference outputs) at `target`."""
     signatures = build_signatures(model)
     # Reference answers first: their traces are reused by the save, not the reverse (faster).
-    reference = reference_outputs(signatures, sample_inputs())
+    reference = reference_outputs(model, signatures, sample_inputs())
     archive = build_archive(model, signatures)
     archive.write_out(str(target), verbose=False)
     extra = target / "assets.extra"
     extra.mkdir(exist_ok=True)
     samples = warmup if warmup is not None else sample_inputs()
-    n = min(num_warmup_records, len(samples["query"]))
-    records = warmup_records(
-        list(samples["query"][:n]),
-        list(samples["title"][:n]),
-        list(samples["image"][:n]),
-        model_name=model_name,
-    )
+    records = model_warmup_records(model, samples, num_warmup_records, model_name)
     write_warmup_file(extra / WARMUP_FILE_NAME, records)
     np.savez(extra / REFERENCE_FILE, **reference)
+
+
+def model_warmup_records(model, samples: dict[str, np.ndarray], num: int, model_name: str) -> list[bytes]:
+    """`serving_default` warm-up records of the first `num` raw `samples` (with the product
+    fields the model reads: `KeyError` naming one `samples` lacks)."""
+    model.preprocessor.check_raw(samples)
+    n = min(num, len(samples["query"]))
+    return warmup_records(
+        list(samples["query"][:n]), list(samples["title"][:n]), list(samples["image"][:n]), model_name=model_name,
+        fields={k: list(samples[k][:n]) for k in model.preprocessor.product_fields if k != "title"},
+    )
 
 
 def list_ops(export_dir: str | Path) -> set[str]:

@@ -63,6 +63,12 @@ class CatalogueSearch(tf.Module):
         self.size = len(arrays.product_ids)
         self.product_ids = tf.Variable(arrays.product_ids.astype(str).tolist(), trainable=False, name="product_ids")
         self.titles = tf.Variable(arrays.titles.astype(str).tolist(), trainable=False, name="titles")
+        missing = [f for f in model.preprocessor.product_fields if f != "title" and f not in arrays.fields]
+        if missing:
+            raise ValueError(f"the model reads product field(s) {missing} that the index arrays lack")
+        # The other product fields the relevance model reads (a dict: tracked as index/fields/<name>).
+        self.fields = {f: tf.Variable(v.astype(str).tolist(), trainable=False, name=f)
+                       for f, v in arrays.fields.items()}
         # Stored [d, N]: `q @ E` then streams contiguous rows; `transpose_b` over [N, d] ran at half
         # the speed on CPU (100k products: 4.3 vs 2.4 ms per query).
         self.embeddings = tf.Variable(np.ascontiguousarray(arrays.embeddings.T, np.float32), trainable=False,
@@ -121,7 +127,9 @@ class CatalogueSearch(tf.Module):
         tokens = tf.cast(tf.gather(self.photo_tokens, photo), tf.float32)
         has_image = tf.cast(photo > 0, tf.float32)
         pre = self.model.preprocessor
-        packed = trim_padding(pre.tokenize(tf.repeat(queries, n), tf.gather(self.titles, flat)))
+        text = {"title": self.titles, **self.fields}
+        product = {f: tf.gather(text[f], flat) for f in pre.product_fields}
+        packed = trim_padding(pre.tokenize(tf.repeat(queries, n), product))
         text = self.model.encode_text(packed, training=False)
         out = self.model.score(text, packed, tokens, has_image, training=False)
         shape = tf.shape(rows)

@@ -85,7 +85,7 @@ def _cpp_check(export_dir: Path) -> dict:
     if reason:
         return {"skipped": reason, "ok": True}
     ref = np.load(export_dir / "assets.extra" / REFERENCE_FILE, allow_pickle=True)
-    inputs = {k: list(ref[f"input/{k}"]) for k in ("query", "title", "image")}
+    inputs = {k[len("input/"):]: list(ref[k]) for k in ref.files if k.startswith("input/")}
     result = run_cpp_client(export_dir, inputs, repeats=3)
     diff = float(
         np.max(np.abs(result["outputs"]["probabilities"] - ref["serving_default/probabilities"]))

@@ -52,11 +52,9 @@ def main(export_dir: str, ops: list[str]) -> dict:
     compare("serving_default", serve, "serving_default")
     emb = loaded.signatures["embed_images"](image=strings["image"])
     compare("embed_images", emb, "embed_images")
+    text = {k: v for k, v in strings.items() if k != "image"}  # query and the product fields
     cached = loaded.signatures["score_with_image_features"](
-        query=strings["query"],
-        title=strings["title"],
-        image_tokens=emb["image_tokens"],
-        has_image=emb["has_image"],
+        **text, image_tokens=emb["image_tokens"], has_image=emb["has_image"]
     )
     compare("score_with_image_features", cached, "serving_default")
     if "explain" in loaded.signatures:  # only models with cross-attention have it

@@ -123,11 +123,12 @@ def token_strings(model, token_ids):
 def explain(model, inputs: dict, batch_size: int = 64) -> dict[str, np.ndarray]:
     """`RelevanceModel.explain`: raw inputs -> numpy `attention`, `tokens`, `token_ids`, `segment_ids`."""
     check_attention(model)
+    model.preprocessor.check_raw(inputs)
     if not len(inputs["query"]):
         raise ValueError("explain: no rows given (inputs['query'] is empty)")
     parts = []
     for start in range(0, len(inputs["query"]), batch_size):
-        rows = {k: list(inputs[k][start : start + batch_size]) for k in ("query", "title", "image")}
+        rows = {k: list(inputs[k][start : start + batch_size]) for k in model.preprocessor.raw_inputs}
         x = model.preprocessor(rows)
         image_tokens = model.encode_images(x["images"], x["has_image"], training=False)
         text = model.encode_text(x, training=False)

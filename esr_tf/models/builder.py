@@ -17,11 +17,11 @@ from pathlib import Path
 
 import keras
 
-from esr_tf.constants import IMAGE_SIZE
+from esr_tf.constants import DEFAULT_PRODUCT_TEXT, IMAGE_SIZE
 from esr_tf.labels import LabelSet
 from esr_tf.models.backbones.tiny import TINY_TEXT  # noqa: F401  (re-exported for tests / notebooks)
 from esr_tf.models.relevance_model import FUSION_MODES, RelevanceModel, backbone_for
-from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
+from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor, check_product_text
 from esr_tf.validation import (
     ConfigError,
     check_bool,
@@ -60,8 +60,12 @@ class ModelConfig:
         image_weights: `"pretrained"`, `"random"`, or a path to a weights file.
         image_size: side of the square input photo (224 gives Lite0 a 7x7 patch grid; 160, 5x5,
             is 1.8x cheaper but reads real photos less well, #15).
-        sequence_length: packed `[CLS] query [SEP] title [SEP]` length (waterfall truncation
-            trims the title first; raise it for long catalogue titles).
+        sequence_length: packed `[CLS] query [SEP] product text [SEP]` length (waterfall
+            truncation trims the product text from its end first; raise it for long titles).
+        product_text: product fields read into BERT's product segment, in order, each with a
+            token budget: `{title: 16, brand: 4, color: 4}` by default; `description` and
+            `bullets` (ESCI bullet points) can be added. The export's signatures take these
+            fields as inputs (empty strings allowed).
         fusion: one of `cross_attention` (default), `concat`, `gated`, `text_only`, `image_only`.
         hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention,
         dropout, modality_dropout, photo_summary: fusion-head sizes and layout (see
@@ -76,6 +80,7 @@ class ModelConfig:
     image_weights: str | None = "pretrained"
     image_size: int = IMAGE_SIZE
     sequence_length: int = 32
+    product_text: dict = field(default_factory=lambda: dict(DEFAULT_PRODUCT_TEXT))
     fusion: str = "cross_attention"
     hidden_dim: int = 128
     num_heads: int = 4
@@ -117,6 +122,10 @@ class ModelConfig:
         for name in ("text_self_attention", "photo_summary", "freeze_text", "freeze_image"):
             setattr(self, name, check_bool(f"model.{name}", getattr(self, name)))
         self.label_set = check_label_set("model.label_set", self.label_set)
+        try:
+            self.product_text = check_product_text(self.product_text, "model.product_text")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -150,6 +159,7 @@ def build_relevance_model(config: ModelConfig | None = None, **overrides) -> Rel
     preprocessor = RelevancePreprocessor(
         tokenizer,
         sequence_length=config.sequence_length,
+        product_text=config.product_text,
         image_size=config.image_size,
         image_value_range=value_range,
     )

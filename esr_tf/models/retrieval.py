@@ -49,7 +49,7 @@ def trim_padding(packed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 def sentence_embedding(model, texts: tf.Tensor) -> tf.Tensor:
     """`[B, H]`: the model's frozen BERT over each text alone (segment 0), mean-pooled."""
     texts = tf.convert_to_tensor(texts, tf.string)
-    packed = trim_padding(model.preprocessor.tokenize(texts, tf.fill(tf.shape(texts), "")))
+    packed = trim_padding(model.preprocessor.tokenize(texts, None))
     out = model.encode_text(packed, training=False)
     return masked_mean(tf.cast(out["sequence_output"], tf.float32), out["text_mask"])
 

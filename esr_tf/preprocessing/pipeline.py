@@ -21,10 +21,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -39,16 +41,19 @@ def raw_dataset(
     with_labels: bool = True,
     num_parallel_calls: int | None = AUTOTUNE,
     deterministic: bool = False,
+    fields: Sequence[str] | None = None,
 ) -> tf.data.Dataset:
-    """Yields `({"query", "title", "image": file bytes}, label)` per example, unbatched.
+    """Yields `({"query", <product fields>, "image": file bytes}, label)` per example, unbatched.
 
     `columns` is `Catalogue.columns(split)`: `image` holds file paths ("" = no image).
+    `fields`: the product fields to pass (a preprocessor's `product_fields`; `KeyError` naming
+    one `columns` lacks); default every product text field `columns` has.
     """
-    tensors = {
-        "query": np.asarray(columns["query"], dtype=object).astype(str),
-        "title": np.asarray(columns["title"], dtype=object).astype(str),
-        "image": np.asarray(columns["image"], dtype=object).astype(str),
-    }
+    fields = [f for f in PRODUCT_TEXT_FIELDS if f in columns] if fields is None else list(fields)
+    missing = [f for f in fields if f not in columns]
+    if missing:
+        raise KeyError(f"raw_dataset: the columns lack product field(s) {missing} that the model reads")
+    tensors = {k: np.asarray(columns[k], dtype=object).astype(str) for k in ("query", *fields, "image")}
     if with_labels:
         labels = np.asarray(columns["label"], dtype=np.int32)
         ds = tf.data.Dataset.from_tensor_slices((tensors, labels))
@@ -96,6 +101,7 @@ def make_dataset(
             with_labels=with_labels,
             num_parallel_calls=num_parallel_calls,
             deterministic=deterministic,
+            fields=getattr(preprocessor, "product_fields", None),
         )
     staged = cache is not False and hasattr(preprocessor, "preprocess_text")
     if staged:

@@ -16,15 +16,18 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.data import Catalogue
 
 AUTOTUNE = tf.data.AUTOTUNE
 SPLITS = ("train", "valid", "test")
 
 
+# Product fields other than the title default to "" (shards written before they were stored).
 _FEATURES = {
     "query": tf.io.FixedLenFeature([], tf.string),
     "title": tf.io.FixedLenFeature([], tf.string),
+    **{f: tf.io.FixedLenFeature([], tf.string, default_value=b"") for f in PRODUCT_TEXT_FIELDS if f != "title"},
     "image": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     "query_id": tf.io.FixedLenFeature([], tf.string, default_value=b""),
@@ -55,7 +58,7 @@ def write_tfrecords(
             image = Path(image_path).read_bytes() if image_path else b""
             feature = {
                 "query": _bytes(columns["query"][i]),
-                "title": _bytes(columns["title"][i]),
+                **{f: _bytes(columns[f][i]) for f in PRODUCT_TEXT_FIELDS if f in columns},
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
                 "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(columns["label"][i])])),
                 "query_id": _bytes(columns.get("query_id", [""] * n)[i]),
@@ -76,13 +79,13 @@ def _bytes(value) -> tf.train.Feature:
 def read_tfrecords(
     pattern: str | Path, *, shuffle_files: bool = False, seed: int = 0, with_labels: bool = True
 ) -> tf.data.Dataset:
-    """Streams `write_tfrecords` shards as `({"query", "title", "image"}, label)` examples."""
+    """Streams `write_tfrecords` shards as `({"query", <product fields>, "image"}, label)` examples."""
     files = tf.data.Dataset.list_files(str(pattern), shuffle=shuffle_files, seed=seed)
     ds = files.interleave(tf.data.TFRecordDataset, num_parallel_calls=AUTOTUNE, deterministic=not shuffle_files)
 
     def parse(record):
         ex = tf.io.parse_single_example(record, _FEATURES)
-        x = {"query": ex["query"], "title": ex["title"], "image": ex["image"]}
+        x = {k: ex[k] for k in ("query", *PRODUCT_TEXT_FIELDS, "image")}
         return (x, tf.cast(ex["label"], tf.int32)) if with_labels else (x,)
 
     ds = ds.map(parse, num_parallel_calls=AUTOTUNE)

@@ -1,8 +1,11 @@
 """Request / response helpers for a TF Serving deployment of the esr_tf SavedModel.
 
-The exported `serving_default` signature takes three `tf.string [None]` inputs: `query`,
-`title` and `image` (the encoded image file bytes; empty bytes mean "no image"), and returns
-`probabilities [None, num_labels]`, `label [None]` (string) and `score [None]`.
+The exported `serving_default` signature takes `tf.string [None]` inputs: `query`, the product
+fields the model reads (its `model.product_text`: `title`, by default also `brand` and `color`;
+empty strings allowed) and `image` (the encoded image file bytes; empty bytes mean "no image"),
+and returns `probabilities [None, num_labels]`, `label [None]` (string) and `score [None]`.
+Every helper takes the title positionally and the other fields as `fields={"brand": [...], ...}`;
+send exactly the fields the model reads (TF Serving refuses a request that lacks or adds one).
 
 REST bodies follow the TF Serving REST API: the row ("instances") or columnar ("inputs")
 request format, binary values as `{"b64": ...}`, and "predictions" (row) or "outputs"
@@ -11,9 +14,10 @@ only by the gRPC / warmup helpers so a REST-only client needs neither.
 
 Example:
 >>> from esr_tf.serving.requests import rest_predict_body, rest_predict_url
->>> body = rest_predict_body(["red shoes"], ["Red running shoe"], [None])
->>> body["instances"][0]["image"]
-{'b64': ''}
+>>> body = rest_predict_body(["red shoes"], ["Red running shoe"], [None],
+...                          fields={"brand": ["Acme"], "color": ["red"]})
+>>> body["instances"][0]
+{'query': 'red shoes', 'title': 'Red running shoe', 'brand': 'Acme', 'color': 'red', 'image': {'b64': ''}}
 >>> rest_predict_url("localhost", 8501, "esr")
 'http://localhost:8501/v1/models/esr:predict'
 """
@@ -25,6 +29,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.labels import ESCI, LabelSet
 from esr_tf.validation import load_json_object
 
@@ -72,19 +77,23 @@ def _image_column(images: Sequence[bytes | None] | None, n: int) -> list[bytes]:
     return out
 
 
-def _columns(queries, titles, images) -> tuple[list[str], list[str], list[bytes]]:
-    """Validates one batch; every column must have one entry per example."""
+def _columns(queries, titles, images, fields=None) -> tuple[list[str], dict[str, list[str]], list[bytes]]:
+    """Validates one batch: `(queries, {"title": ..., <fields>}, images)`, one entry per example."""
     queries = _text_column(queries, "queries")
-    titles = _text_column(titles, "titles")
+    text = {"title": _text_column(titles, "titles")}
+    for name, values in (fields or {}).items():
+        if name not in PRODUCT_TEXT_FIELDS or name == "title":
+            others = ", ".join(f for f in PRODUCT_TEXT_FIELDS if f != "title")
+            raise ValueError(f"fields: unknown product field {name!r} (one of {others}; the title is positional)")
+        text[name] = _text_column(values, f"fields[{name!r}]")
     if not queries:
         raise ValueError("empty batch: give at least one (query, title, image) example")
     image_list = _image_column(images, len(queries))
-    if not (len(queries) == len(titles) == len(image_list)):
-        raise ValueError(
-            f"queries, titles and images must have the same length, got "
-            f"{len(queries)}, {len(titles)}, {len(image_list)}"
-        )
-    return queries, titles, image_list
+    lengths = {"queries": len(queries), **{f"{k}s" if k == "title" else k: len(v) for k, v in text.items()},
+               "images": len(image_list)}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"columns must have the same length (one entry per example), got {lengths}")
+    return queries, text, image_list
 
 
 def _b64(data: bytes) -> dict[str, str]:
@@ -96,6 +105,7 @@ def rest_predict_body(
     titles: Sequence[str],
     images: Sequence[bytes | None] | None,
     *,
+    fields: dict[str, Sequence[str]] | None = None,
     form: str = "instances",
     signature_name: str = "serving_default",
 ) -> dict:
@@ -109,16 +119,12 @@ def rest_predict_body(
     >>> rest_predict_body(["a"], ["b"], [b"\\x89PNG"], form="inputs")["inputs"]["image"]
     [{'b64': 'iVBORw=='}]
     """
-    queries, titles, image_list = _columns(queries, titles, images)
-    encoded = [_b64(image) for image in image_list]
+    queries, text, image_list = _columns(queries, titles, images, fields)
+    columns = {"query": queries, **text, "image": [_b64(image) for image in image_list]}
     if form == "instances":
-        rows = [
-            {"query": q, "title": t, "image": im}
-            for q, t, im in zip(queries, titles, encoded, strict=True)
-        ]
+        rows = [{k: v[i] for k, v in columns.items()} for i in range(len(queries))]
         return {"signature_name": signature_name, "instances": rows}
     if form == "inputs":
-        columns = {"query": queries, "title": titles, "image": encoded}
         return {"signature_name": signature_name, "inputs": columns}
     raise ValueError(f"form must be 'instances' (row) or 'inputs' (columnar), got {form!r}")
 
@@ -267,10 +273,12 @@ def grpc_predict_request(
     images: Sequence[bytes | None] | None,
     *,
     model_name: str,
+    fields: dict[str, Sequence[str]] | None = None,
     signature_name: str = "serving_default",
     version: int | None = None,
 ) -> predict_pb2.PredictRequest:
-    """A `PredictRequest` with `query`, `title`, `image` as DT_STRING tensors of shape [n].
+    """A `PredictRequest` with `query`, `title`, the other `fields` and `image` as DT_STRING
+    tensors of shape [n].
 
     Example:
     >>> req = grpc_predict_request(["a"], ["b"], [None], model_name="esr")
@@ -280,7 +288,7 @@ def grpc_predict_request(
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    queries, titles, image_list = _columns(queries, titles, images)
+    queries, text, image_list = _columns(queries, titles, images, fields)
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.model_spec.signature_name = signature_name
@@ -288,7 +296,7 @@ def grpc_predict_request(
         request.model_spec.version.value = int(version)
     columns = {
         "query": [q.encode("utf-8") for q in queries],
-        "title": [t.encode("utf-8") for t in titles],
+        **{k: [t.encode("utf-8") for t in v] for k, v in text.items()},
         "image": image_list,
     }
     for name, values in columns.items():
@@ -318,6 +326,7 @@ def warmup_records(
     images: Sequence[bytes | None] | None,
     *,
     model_name: str,
+    fields: dict[str, Sequence[str]] | None = None,
     max_records: int = MAX_WARMUP_RECORDS,
     signature_name: str = "serving_default",
     batch_size: int = 1,
@@ -335,7 +344,7 @@ def warmup_records(
         raise ValueError(f"max_records must be in 1..{MAX_WARMUP_RECORDS}, got {max_records}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    queries, titles, image_list = _columns(queries, titles, images)
+    queries, text, image_list = _columns(queries, titles, images, fields)
     num_records = -(-len(queries) // batch_size)
     if num_records > max_records:
         raise ValueError(
@@ -346,8 +355,8 @@ def warmup_records(
     for start in range(0, len(queries), batch_size):
         end = start + batch_size
         request = grpc_predict_request(
-            queries[start:end], titles[start:end], image_list[start:end],
-            model_name=model_name, signature_name=signature_name,
+            queries[start:end], text["title"][start:end], image_list[start:end], model_name=model_name,
+            fields={k: v[start:end] for k, v in text.items() if k != "title"}, signature_name=signature_name,
         )
         log = prediction_log_pb2.PredictionLog(
             predict_log=prediction_log_pb2.PredictLog(request=request)

@@ -4,7 +4,9 @@ Many catalogue titles name the product's colour, so a model learns to match the 
 word against the title and rarely has to look at the photo; yet for titles without a colour only
 the photo tells an exact match from a substitute. `hide_colour_words` adds copies of training
 examples whose product has a photo and a known `color` (the catalogue's optional column) with
-that colour removed from the title, labels unchanged: for those copies only the photo can tell.
+that colour removed from the title and every other product text field, and `color` itself
+emptied (a model reading `model.product_text` would find it there), labels unchanged: for those
+copies only the photo can tell.
 
 Only modes that read photos are given the copies (see `train`): for `text_only` they would be
 examples without any answer in its input.
@@ -13,8 +15,9 @@ Example:
 >>> cols = {"title": np.array(["Red wool sock", "Blue cap"], dtype=object),
 ...         "color": np.array(["red", ""], dtype=object), "image": np.array(["a.jpg", "b.jpg"], dtype=object),
 ...         "label": np.array([0, 1], np.int32)}
->>> hide_colour_words(cols, rate=1.0, seed=0)["title"].tolist()
-['Red wool sock', 'Blue cap', 'wool sock']
+>>> out = hide_colour_words(cols, rate=1.0, seed=0)
+>>> out["title"].tolist(), out["color"].tolist()
+(['Red wool sock', 'Blue cap', 'wool sock'], ['red', '', ''])
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 
 
 def _without(title: str, colour: str) -> str | None:
@@ -61,4 +66,9 @@ def hide_colour_words(columns: Mapping[str, np.ndarray], *, rate: float, seed: i
         return columns
     out = {k: np.concatenate([v, v[rows]]) for k, v in columns.items()}
     out["title"][n:] = titles
+    for name in (f for f in PRODUCT_TEXT_FIELDS if f in out and f not in ("title", "color")):
+        for j, i in enumerate(rows, start=n):
+            stripped = _without(str(out[name][j]), str(columns["color"][i]).strip())
+            out[name][j] = out[name][j] if stripped is None else stripped
+    out["color"][n:] = ""
     return out

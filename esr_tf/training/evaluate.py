@@ -134,11 +134,8 @@ def _attention_rows(model, columns, predictions, count: int = 6) -> list[dict]:
     paths = [str(p) for p in columns["image"]]
     order = [i for i, p in enumerate(paths) if p] + [i for i, p in enumerate(paths) if not p]
     picked = order[:: max(1, len(order) // count)][:count]
-    raw = {
-        "query": [str(columns["query"][i]) for i in picked],
-        "title": [str(columns["title"][i]) for i in picked],
-        "image": [_image_bytes(paths[i]) for i in picked],
-    }
+    raw = {k: [str(columns[k][i]) for i in picked] for k in ("query", *model.preprocessor.product_fields)}
+    raw["image"] = [_image_bytes(paths[i]) for i in picked]
     explained = model.explain(raw)
     names = model.label_set.names
     pred = predictions["probabilities"].argmax(axis=-1)

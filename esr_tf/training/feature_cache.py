@@ -21,8 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.labels import ESCI
 from esr_tf.preprocessing.pipeline import AUTOTUNE
+
+# Columns whose values decide an example's features (and so whether stored ones can be reused).
+DIGEST_KEYS = ("query", *PRODUCT_TEXT_FIELDS, "image", "label")
 
 
 def targets(labels, gains) -> dict:
@@ -47,9 +51,13 @@ def backbone_fingerprint(model) -> str:
 
     Features are only valid for a head whose model has exactly these encoders: e.g. across
     `esr-tf ablate` modes with pretrained weights, but not from `image_only` (its BERT sees the
-    query only) to `cross_attention`, nor across two random inits.
+    query only) to `cross_attention`, nor across two random inits. The text packing
+    (sequence length, product fields and their budgets) is part of it: it decides the tokens.
     """
     digest = hashlib.sha1()
+    pre = model.preprocessor
+    if pre is not None:
+        digest.update(f"{pre.sequence_length} {pre.truncate} {sorted(pre.product_text.items())}".encode())
     for encoder in (model.text_encoder, model.image_encoder):
         digest.update(" ".join(type(layer).__name__ for layer in encoder.layers).encode())
         for weight in encoder.weights:
@@ -58,13 +66,13 @@ def backbone_fingerprint(model) -> str:
 
 
 def examples_digest(columns: Mapping[str, np.ndarray]) -> str:
-    """Digest of the examples' query, title, image path and label columns (those present).
+    """Digest of the examples' query, product text, image path and label columns (those present).
 
     Features are reused only for the very same examples: e.g. two seeds' colour-hidden training
     copies can match in count and labels while their titles differ.
     """
     digest = hashlib.sha1()
-    for key in ("query", "title", "image", "label"):
+    for key in DIGEST_KEYS:
         if key in columns:
             digest.update(key.encode())
             for value in np.asarray(columns[key]).astype(str):
@@ -110,18 +118,22 @@ def encode_text_rows(
     return out
 
 
-def tokenize_columns(preprocessor, queries, titles, batch_size: int) -> dict[str, np.ndarray]:
-    """Packed `token_ids`, `segment_ids`, `padding_mask` ([N, L] int32) of query / title columns."""
-    queries = np.asarray(queries).astype(str)
-    titles = np.asarray(titles).astype(str)
-    text_ds = (
-        tf.data.Dataset.from_tensor_slices((queries, titles))
-        .batch(batch_size)
-        .map(lambda q, t: preprocessor.tokenize(q, t), num_parallel_calls=AUTOTUNE)
-        .prefetch(AUTOTUNE)
-    )
-    batches = list(text_ds.as_numpy_iterator())
-    return {k: np.concatenate([b[k] for b in batches]).astype(np.int32) for k in batches[0]}
+def tokenize_columns(preprocessor, columns: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """Packed `token_ids`, `segment_ids`, `padding_mask` ([N, L] int32) of the query and the
+    product fields the preprocessor reads (`KeyError` naming a field `columns` lacks)."""
+    missing = [f for f in preprocessor.product_fields if f not in columns]
+    if missing:
+        raise KeyError(f"the columns lack product field(s) {missing} that the model reads")
+    # The preprocessor's own traced `tokenize`, batch by batch: a `tf.data` map here would trace
+    # a new graph per call (~17 MB of graph objects per feature-store shard, freed only by a
+    # full garbage collection).
+    text = {k: np.asarray(columns[k], dtype=object) for k in ("query", *preprocessor.product_fields)}
+    n, step = len(text["query"]), max(batch_size, 1024)
+    def batch(s: int) -> dict[str, tf.Tensor]:
+        return {k: tf.constant(v[s : s + step].astype(str)) for k, v in text.items()}
+
+    batches = [preprocessor.tokenize(b.pop("query"), b) for b in map(batch, range(0, max(n, 1), step))]
+    return {k: np.concatenate([np.asarray(b[k]) for b in batches]).astype(np.int32) for k in batches[0]}
 
 
 def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0) -> np.ndarray:
@@ -159,7 +171,7 @@ class BackboneFeatures:
     def compute(
         cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0
     ):
-        ids = tokenize_columns(model.preprocessor, columns["query"], columns["title"], batch_size)
+        ids = tokenize_columns(model.preprocessor, columns, batch_size)
         text = encode_text_rows(model.encode_text, ids, batch_size, verbose)
         paths = np.asarray(columns["image"]).astype(str)
         unique = sorted({p for p in paths if p}) if model.reads_photos else []
@@ -201,7 +213,7 @@ class BackboneFeatures:
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         if not parts:
             return {}
-        keys = [k for k in ("query", "title", "image", "label") if all(k in c for c in parts.values())]
+        keys = [k for k in DIGEST_KEYS if all(k in c for c in parts.values())]
         joined = {k: np.concatenate([np.asarray(c[k]) for c in parts.values()]) for k in keys}
         everything = cls.compute(model, joined, **kwargs)
         out, start = {}, 0

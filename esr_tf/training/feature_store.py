@@ -285,8 +285,8 @@ def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray
     on return: held in the caller's loop, they were still alive while the next shard was
     encoded, two shards in RAM at the peak (~0.4 GB more with MiniLM at 8192 examples).
     """
-    shard = {key: np.asarray(cols[key])[rows] for key in ("query", "title")}
-    ids = tokenize_columns(model.preprocessor, shard["query"], shard["title"], batch_size)
+    shard = {key: np.asarray(cols[key])[rows] for key in ("query", *model.preprocessor.product_fields)}
+    ids = tokenize_columns(model.preprocessor, shard, batch_size)
     text = encode_text_rows(model.encode_text, ids, batch_size, traced=encode)
     lengths = ids["padding_mask"].sum(axis=1)
     shard_paths, shard_labels = paths[rows], labels[rows]

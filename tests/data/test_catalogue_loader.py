@@ -36,7 +36,7 @@ def test_loads_csv(make_catalogue):
     assert cat.image_problems == {} and cat.fixes == {}
     cols = cat.columns()
     assert set(cols) == {"query", "query_id", "product_id", "title", "description", "brand",
-                         "color", "image", "label", "split"}
+                         "color", "bullets", "image", "label", "split"}
     assert cols["label"].dtype == np.int32
     assert all(cols[k].dtype == object for k in cols if k != "label")
     assert cols["title"][0] == "Red canvas sneaker"

@@ -57,7 +57,7 @@ def test_default_small_us(esci_files):
     # Joined on (locale, product_id): the us title, not the es one.
     shoe = cat.products["B001"]
     assert shoe.title == "Red Running Shoe" and shoe.brand == "Acme" and shoe.color == "Red"
-    assert shoe.description == "Light and fast\nMesh upper"  # HTML removed, bullets appended
+    assert shoe.description == "Light and fast" and shoe.bullets == "Mesh upper"  # HTML removed
     assert cat.products["B005"].title == ""
     assert cat.products["B999"].title == ""  # left join: no product row
     assert cat.fixes == {"title_missing": 1, "product_not_found": 1}

@@ -25,9 +25,9 @@ def test_explain_signature_equals_the_python_api(loaded, tiny_trained, samples):
     model = tiny_trained.model
     sig = loaded.signatures["explain"]
     assert {k: v.dtype for k, v in sig.structured_input_signature[1].items()} == {
-        "query": tf.string, "title": tf.string, "image": tf.string,
+        "query": tf.string, "title": tf.string, "brand": tf.string, "color": tf.string, "image": tf.string,
     }
-    served = sig(**{k: tf.constant(v) for k, v in samples.items()})
+    served = sig(**{k: tf.constant(samples[k]) for k in model.preprocessor.raw_inputs})
     python = model.explain(samples)
     n, length = len(samples["query"]), model.preprocessor.sequence_length
     grid = tuple(model.image_projector.input.shape[1:3])
@@ -98,10 +98,12 @@ def test_rest_body_and_response_of_explain(loaded, samples):
 
     from esr_tf.serving.requests import parse_explain_response, rest_predict_body
 
+    fields = {k: list(samples[k]) for k in ("brand", "color")}
     body = rest_predict_body(list(samples["query"]), list(samples["title"]), list(samples["image"]),
-                             signature_name="explain")
+                             fields=fields, signature_name="explain")
     assert body["signature_name"] == "explain" and len(body["instances"]) == len(samples["query"])
-    out = loaded.signatures["explain"](**{k: tf.constant(v) for k, v in samples.items()})
+    assert set(body["instances"][0]) == {"query", "title", "brand", "color", "image"}
+    out = loaded.signatures["explain"](**{k: tf.constant(samples[k]) for k in body["instances"][0]})
     tokens = [[t.decode() for t in row] for row in out["tokens"].numpy()]
     rows = [{"tokens": t, "attention": a} for t, a in zip(tokens, out["attention"].numpy().tolist(), strict=True)]
     parsed = parse_explain_response(json.dumps({"predictions": rows}))
@@ -127,8 +129,8 @@ def test_image_only_is_explained_too():
 
     model = build_relevance_model(**{**TINY_MODEL, "fusion": "image_only"})
     assert model.has_attention
-    out = model.explain({"query": ["red mug"], "title": ["Red mug"], "image": [b""]})
+    out = model.explain({"query": ["red mug"], "title": ["Red mug"], "brand": [""], "color": ["red"], "image": [b""]})
     assert out["attention"].shape[:2] == out["tokens"].shape == (1, TINY_MODEL["sequence_length"])
     assert (out["attention"] == 0).all()  # no photo: all attention on the "no image" key
     with pytest.raises(ValueError, match="no rows"):
-        model.explain({"query": [], "title": [], "image": []})
+        model.explain({"query": [], "title": [], "brand": [], "color": [], "image": []})

@@ -23,7 +23,7 @@ def test_layout_and_warmup_records(tiny_export):
     records = list(tf.data.TFRecordDataset(str(warmup)).as_numpy_iterator())
     assert 0 < len(records) <= 1000
     log = prediction_log_pb2.PredictionLog.FromString(records[0])
-    assert set(log.predict_log.request.inputs) == {"query", "title", "image"}
+    assert set(log.predict_log.request.inputs) == {"query", "title", "brand", "color", "image"}
     siblings = [p.name for p in tiny_export.parent.iterdir()]
     assert siblings == ["1"], f"staging folders left behind: {siblings}"
 
@@ -34,6 +34,8 @@ def test_signatures_take_raw_strings(loaded):
     assert {k: (v.dtype, v.shape.as_list()) for k, v in inputs.items()} == {
         "query": (tf.string, [None]),
         "title": (tf.string, [None]),
+        "brand": (tf.string, [None]),
+        "color": (tf.string, [None]),
         "image": (tf.string, [None]),
     }
     outputs = sig.structured_outputs
@@ -44,7 +46,8 @@ def test_signatures_take_raw_strings(loaded):
 
 def test_empty_image_is_scored_from_text(loaded):
     out = loaded.signatures["serving_default"](
-        query=tf.constant(["red sneakers"]), title=tf.constant(["Red sneaker"]), image=tf.constant([b""])
+        query=tf.constant(["red sneakers"]), title=tf.constant(["Red sneaker"]), brand=tf.constant([""]),
+        color=tf.constant([""]), image=tf.constant([b""])
     )
     assert np.isfinite(out["probabilities"].numpy()).all()
     assert out["label"].numpy()[0].decode() in ("exact", "substitute", "complement", "irrelevant")
@@ -54,15 +57,11 @@ def test_cached_image_features_give_the_same_scores(loaded):
     from esr_tf.export.saved_model import sample_inputs
 
     x = sample_inputs()
-    direct = loaded.signatures["serving_default"](
-        query=tf.constant(x["query"]), title=tf.constant(x["title"]), image=tf.constant(x["image"])
-    )
+    text = {k: tf.constant(x[k]) for k in ("query", "title", "brand", "color")}
+    direct = loaded.signatures["serving_default"](**text, image=tf.constant(x["image"]))
     emb = loaded.signatures["embed_images"](image=tf.constant(x["image"]))
     cached = loaded.signatures["score_with_image_features"](
-        query=tf.constant(x["query"]),
-        title=tf.constant(x["title"]),
-        image_tokens=emb["image_tokens"],
-        has_image=emb["has_image"],
+        **text, image_tokens=emb["image_tokens"], has_image=emb["has_image"]
     )
     np.testing.assert_allclose(cached["probabilities"].numpy(), direct["probabilities"].numpy(), atol=1e-6)
 

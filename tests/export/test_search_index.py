@@ -51,14 +51,15 @@ def test_search_top_reranks_retrievals_top_n(loaded):
 
 
 def test_scores_match_the_relevance_model(loaded, tiny_trained):
-    """The re-ranking score is the model's own score of (query, title, cached photo tokens)."""
+    """The re-ranking score is the model's own score of (query, product fields, cached photo tokens)."""
     out = _search(loaded, ["red sneakers"], k=3, rerank=3)
     products = tiny_trained.catalogue.products
     ids = [p.decode() for p in out["product_ids"].numpy()[0]]
     images = [open(products[p].image, "rb").read() if products[p].image else b"" for p in ids]
-    direct = loaded.signatures["serving_default"](
-        query=tf.constant(["red sneakers"] * 3), title=tf.constant([products[p].title for p in ids]),
-        image=tf.constant(images))
+    fields = tiny_trained.model.preprocessor.product_fields
+    text = {f: tf.constant([getattr(products[p], f) for p in ids]) for f in fields}
+    direct = loaded.signatures["serving_default"](query=tf.constant(["red sneakers"] * 3), **text,
+                                                  image=tf.constant(images))
     # bfloat16 image tokens in the index: close, not bit-equal
     np.testing.assert_allclose(out["scores"].numpy()[0], direct["score"].numpy(), atol=0.02)
 

@@ -57,7 +57,9 @@ def test_empty_batch_through_the_full_model_in_a_graph():
 
     model = build_relevance_model(**TINY_MODEL)
     serve = tf.function(lambda x: model(x, training=False))
-    x = model.preprocessor({"query": np.array([], str), "title": np.array([], str), "image": np.array([], object)})
+    empty = np.array([], str)
+    x = model.preprocessor({"query": empty, "title": empty, "brand": empty, "color": empty,
+                            "image": np.array([], object)})
     out = serve(x)
     assert out["probabilities"].shape == (0, 4) and out["score"].shape == (0,)
 
@@ -70,7 +72,9 @@ def test_skipping_rows_without_photo_changes_no_output():
     rng = np.random.default_rng(1)
     images = rng.uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
     has_image = tf.constant([1.0, 0.0, 1.0])
-    packed = model.preprocessor.tokenize(np.array(["red mug"] * 3), np.array(["Red mug", "Mug", "Cap"]))
+    product = {"title": np.array(["Red mug", "Mug", "Cap"]), "brand": np.array(["Acme"] * 3),
+               "color": np.array(["red", "", "blue"])}
+    packed = model.preprocessor.tokenize(np.array(["red mug"] * 3), product)
     text = model.text_encoder(packed)
     head = {
         "sequence_output": text["sequence_output"],

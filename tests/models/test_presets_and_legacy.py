@@ -22,6 +22,8 @@ def _raw():
     return {
         "query": np.array(["red mug", "blue cap", "green hat"]),
         "title": np.array(["Red mug", "Cap", "Green wool hat"]),
+        "brand": np.array(["Acme", "", "Nordwind"]),
+        "color": np.array(["red", "blue", ""]),
         "image": np.array([png, b"", png], dtype=object),
     }
 

@@ -16,6 +16,8 @@ def _raw(n: int = 3):
     return {
         "query": np.array(["red sneakers", "blue mug", "green cap"][:n]),
         "title": np.array(["Red running sneaker", "Ceramic mug", "Cap"][:n]),
+        "brand": np.array(["Acme", "", "Nordwind"][:n]),
+        "color": np.array(["red", "blue", ""][:n]),
         "image": np.array([png, b"", png][:n], dtype=object),
     }
 
