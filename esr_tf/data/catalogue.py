@@ -58,7 +58,9 @@ def locate(file: str | Path, row: int | None = None, column: str | None = None, 
     return ", ".join(parts)
 
 
-@dataclass(frozen=True)
+# slots: no per-object __dict__ (~100 bytes each; a catalogue holds one Product and one Example
+# per judged pair at ESCI scale, and training memory should not grow with them, #17).
+@dataclass(frozen=True, slots=True)
 class Product:
     """One product; `image` is a resolved absolute path, or "" for no image."""
 
@@ -71,7 +73,7 @@ class Product:
     image: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Example:
     """One judged pair: `label` indexes `Catalogue.label_set.names`."""
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,7 @@ def _read_products(
                 path = resolve_inside(root, shown)
             except ValueError as e:
                 raise CatalogueError(f"{where}: {e}") from None
-            image = images(path, where, shown)
+            image = sys.intern(images(path, where, shown))  # photos shared by many products: one string
         products[pid] = Product(
             product_id=pid,
             title=title,
@@ -266,7 +267,8 @@ def _read_examples(
                 f"{table.where(number, 'product_id')}: query {query!r} judges product {pid!r} "
                 f"a second time (first at {table.unit} {first})"
             )
-        examples.append(Example(query, query_id, pid, label, split))
+        # One string object per distinct query / id, not one per row (memory at ESCI scale).
+        examples.append(Example(sys.intern(query), sys.intern(query_id), products[pid].product_id, label, split))
     return examples
 
 

@@ -75,8 +75,10 @@ def examples_digest(columns: Mapping[str, np.ndarray]) -> str:
     for key in DIGEST_KEYS:
         if key in columns:
             digest.update(key.encode())
-            for value in np.asarray(columns[key]).astype(str):
-                digest.update(value.encode("utf-8", "surrogatepass") + b"\x00")
+            # value by value: `astype(str)` would copy the column as fixed-width UTF-32 (4 bytes
+            # times the longest text per row: gigabytes for ESCI descriptions)
+            for value in np.asarray(columns[key], dtype=object).tolist():
+                digest.update(str(value).encode("utf-8", "surrogatepass") + b"\x00")
     return digest.hexdigest()
 
 
@@ -173,7 +175,7 @@ class BackboneFeatures:
     ):
         ids = tokenize_columns(model.preprocessor, columns, batch_size)
         text = encode_text_rows(model.encode_text, ids, batch_size, verbose)
-        paths = np.asarray(columns["image"]).astype(str)
+        paths = [str(p) for p in np.asarray(columns["image"], dtype=object).tolist()]
         unique = sorted({p for p in paths if p}) if model.reads_photos else []
         row = {p: i for i, p in enumerate(unique)}
         image_index = np.array([row.get(p, 0) for p in paths], dtype=np.int32)

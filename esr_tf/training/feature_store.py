@@ -229,7 +229,7 @@ def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> t
     """
     if not model.reads_photos:  # text_only: one zero row, nothing stored
         return photo_feature_maps(model, [], batch_size).astype(np.float16), {}, "nophoto"
-    paths = sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"]).astype(str) if p})
+    paths = sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"], dtype=object).tolist() if p})
     rows = {p: i for i, p in enumerate(paths)}
     table, index = folder / "photos.npy", folder / "photos.json"
     digest = examples_digest({"image": np.array(paths)})
@@ -261,7 +261,7 @@ def _write_split(model, encode, out: Path, cols, photo_rows: dict[str, int], sha
     n = len(cols["query"])
     out.mkdir(exist_ok=True)
     labels = np.asarray(cols["label"], np.int32) if "label" in cols else np.full(n, -1, np.int32)
-    paths = np.asarray(cols["image"]).astype(str)
+    paths = np.asarray(cols["image"], dtype=object)  # not astype(str): a fixed-width copy of every path
     files = []
     for k, start in enumerate(range(0, n, shard_examples)):
         path = out / f"shard-{k:05d}-of-{-(-n // shard_examples):05d}.tfrecord"
