@@ -147,10 +147,6 @@ class FeatureStore:
         """One split, with `BackboneFeatures`' reading interface (`len`, `labels`, `dataset`)."""
         return StoreSplit(self, split)
 
-    def store_bytes(self) -> int:
-        """Bytes on disk: every shard and the photo table."""
-        return sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file())
-
     def dataset(
         self,
         split: str,
