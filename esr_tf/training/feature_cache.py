@@ -253,12 +253,13 @@ class BackboneFeatures:
         shuffle: bool = False,
         seed: int = 0,
         repeat: bool = False,
-        sample_weights: np.ndarray | None = None,
+        class_weights: np.ndarray | None = None,
         with_labels: bool = True,
         gains: tuple[float, ...] = ESCI.gains,
         drop_remainder: bool = False,
     ) -> tf.data.Dataset:
-        """Batches of `head_model()` inputs with `targets()` (and optional sample weights)."""
+        """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
+        weight per label, or none), as `FeatureStore.dataset` gives them."""
         x = {
             "sequence_output": self.sequence_output,
             "text_mask": self.text_mask,
@@ -269,7 +270,7 @@ class BackboneFeatures:
         }
         parts: tuple = (x,)
         if with_labels:
-            w = None if sample_weights is None else np.asarray(sample_weights, np.float32)
+            w = None if class_weights is None else np.asarray(class_weights, np.float32)[self.labels]
             parts += targets_and_weights(self.labels, gains, w)
         ds = tf.data.Dataset.from_tensor_slices(parts)
         if shuffle:

@@ -335,21 +335,10 @@ def _datasets(
     gains = tuple(trainee.model.label_set.gains)
     weights = trainee.class_weights
     valid_batch = validation_batch_size(len(trainee.parts["valid"]["label"]), config.batch_size, strategy)
-    if trainee.cached and config.feature_store:
+    if trainee.cached:  # in RAM (`BackboneFeatures`) or on disk (`FeatureStore` views): one interface
         train_feats, valid_feats = features["train"], features["valid"]
         train_ds = train_feats.dataset(batch_size=config.batch_size, shuffle=True, seed=config.seed, repeat=True,
                                        class_weights=weights, gains=gains)
-        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
-    if trainee.cached:
-        train_feats, valid_feats = features["train"], features["valid"]
-        train_ds = train_feats.dataset(
-            batch_size=config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            repeat=True,
-            sample_weights=weights[train_feats.labels],
-            gains=gains,
-        )
         return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
     # distribute: workers shard the data by element, so all must see the same order.
     same_order = config.deterministic or multi
