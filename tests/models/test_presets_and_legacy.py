@@ -91,10 +91,12 @@ def test_backbone_must_match_the_fusion_mode(model):
         RelevanceModel(backbone=model.backbone, preprocessor=model.preprocessor, fusion=other)
 
 
-def test_files_saved_before_photo_summary_load_without_it(tmp_path):
-    """`.keras` files written before #15 have no `photo_summary` entry: they load in that layout."""
+def test_files_saved_before_photo_summary_and_product_text_load_without_them(tmp_path):
+    """`.keras` files written before #15 have no `photo_summary` entry, before #17 no
+    `product_text`: they load in that layout, reading the title alone."""
     keras.utils.set_random_seed(0)
-    old = build_relevance_model(**TINY_MODEL, photo_summary=False)
+    title_only = {"title": TINY_MODEL["sequence_length"]}
+    old = build_relevance_model(**TINY_MODEL, photo_summary=False, product_text=title_only)
     old.save(tmp_path / "saved.keras")
     with zipfile.ZipFile(tmp_path / "saved.keras") as src, zipfile.ZipFile(tmp_path / "old.keras", "w") as dst:
         for item in src.infolist():
@@ -102,9 +104,11 @@ def test_files_saved_before_photo_summary_load_without_it(tmp_path):
             if item.filename == "config.json":
                 config = json.loads(data)
                 assert config["config"].pop("photo_summary") is False
+                assert "title" in config["config"]["preprocessor"]["config"].pop("product_text")
                 data = json.dumps(config).encode()
             dst.writestr(item, data)
     loaded = load_model(tmp_path / "old.keras")
     assert loaded.photo_summary is False
+    assert loaded.preprocessor.raw_inputs == ("query", "title", "image")
     assert "global_image_token" not in [layer.name for layer in loaded.fusion_head.layers]
     np.testing.assert_array_equal(_probabilities(loaded), _probabilities(old))
