@@ -111,10 +111,16 @@ def test_resize_shortcuts_match_the_full_resize():
 
 
 def test_tfrecord_shards_round_trip(preprocessor, tiny_catalogue, tmp_path):
+    from esr_tf.constants import DEFAULT_PRODUCT_TEXT
     from esr_tf.preprocessing.pipeline import make_dataset
+    from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
     from esr_tf.preprocessing.tfrecords import read_tfrecords, write_tfrecords
 
+    # A model reading brand and colour: the shards carry every product field.
+    preprocessor = RelevancePreprocessor(preprocessor.tokenizer, sequence_length=24, image_size=64,
+                                         product_text=DEFAULT_PRODUCT_TEXT)
     cols = {k: v[:12] for k, v in tiny_catalogue.columns("train").items()}
+    assert any(cols["brand"]) and any(cols["color"])
     paths = write_tfrecords(cols, tmp_path, num_shards=3)
     assert len(paths) == 3 and all(p.stat().st_size > 0 for p in paths)
     from_records = make_dataset(
