@@ -28,8 +28,11 @@ def loaded(tiny_export):
 
 
 def serve(loaded, query, title, image) -> dict[str, np.ndarray]:
+    """`serving_default` with `title`'s text also as the brand and the query's as the colour,
+    so that every product field meets the hostile text."""
     out = loaded.signatures["serving_default"](
         query=tf.constant(query, tf.string), title=tf.constant(title, tf.string),
+        brand=tf.constant(title, tf.string), color=tf.constant(query, tf.string),
         image=tf.constant(image, tf.string),
     )
     return {k: v.numpy() for k, v in out.items()}
@@ -115,6 +118,7 @@ def test_request_over_the_row_limit_is_invalid_argument(loaded):
 def _score_with(loaded, tokens, has_image):
     return loaded.signatures["score_with_image_features"](
         query=tf.constant(["red"] * len(has_image)), title=tf.constant(["Red mug"] * len(has_image)),
+        brand=tf.constant([""] * len(has_image)), color=tf.constant(["red"] * len(has_image)),
         image_tokens=tf.constant(tokens, tf.float32), has_image=tf.constant(has_image, tf.float32),
     )
 
@@ -145,8 +149,10 @@ loaded = tf.saved_model.load(sys.argv[1])
 serve = loaded.signatures["serving_default"]
 images = [bytes.fromhex(x) for x in json.loads(sys.argv[2])]
 n = len(images)
-out = serve(query=tf.constant(["red"] * n), title=tf.constant(["Red mug"] * n), image=tf.constant(images))
-empty = serve(query=tf.constant([], tf.string), title=tf.constant([], tf.string), image=tf.constant([], tf.string))
+out = serve(query=tf.constant(["red"] * n), title=tf.constant(["Red mug"] * n), brand=tf.constant([""] * n),
+            color=tf.constant(["red"] * n), image=tf.constant(images))
+none = tf.constant([], tf.string)
+empty = serve(query=none, title=none, brand=none, color=none, image=none)
 print(json.dumps({"probabilities": out["probabilities"].numpy().tolist(),
                   "empty_shape": list(empty["probabilities"].shape)}))
 """
@@ -192,8 +198,9 @@ for name, encoded in cases.items():
     images = tf.constant([base64.b64decode(x) for x in encoded])
     n = int(images.shape[0])
     for signature, call in (
-        ("serving_default", lambda: serve(query=tf.constant(["red"] * n),
-                                          title=tf.constant(["Red sneaker"] * n), image=images)),
+        ("serving_default", lambda: serve(query=tf.constant(["red"] * n), title=tf.constant(["Red sneaker"] * n),
+                                          brand=tf.constant([""] * n), color=tf.constant([""] * n),
+                                          image=images)),
         ("embed_images", lambda: embed(image=images)),
     ):
         try:
