@@ -48,7 +48,9 @@ WORDS = ("red blue green black white wool cotton leather running trail rain wint
 TARGETS = {"search_p50_ms_100k": "<= 150", "retrieval_vs_faiss_100k": "<= 2.0"}
 
 
-def synthetic_index(size: int, dim: int, token_shape: tuple, seed: int = 0, photos: int = 64) -> IndexArrays:
+def synthetic_index(size: int, dim: int, token_shape: tuple, seed: int = 0, photos: int = 64,
+                    fields: tuple[str, ...] = ()) -> IndexArrays:
+    """`size` random products; `fields`: the other product fields a model reads (synthetic words)."""
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((size, dim), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -59,6 +61,7 @@ def synthetic_index(size: int, dim: int, token_shape: tuple, seed: int = 0, phot
         embeddings=vectors,
         photo_tokens=rng.standard_normal((photos + 1, *token_shape), dtype=np.float32) * 0.1,
         photo_row=rng.integers(0, photos + 1, size, dtype=np.int32),
+        fields={f: np.array([WORDS[w] for w in rng.integers(len(WORDS), size=size)], dtype=object) for f in fields},
     )
 
 
@@ -87,7 +90,8 @@ def _interleaved(calls: dict, repeats: int) -> dict[str, list[float]]:
 
 def _size_row(model, towers, size: int, queries: int) -> dict:
     token_shape = tuple(model.fusion_head.input["image_tokens"].shape[1:])
-    arrays = synthetic_index(size, towers.get_layer("query").output.shape[-1], token_shape)
+    fields = tuple(f for f in model.preprocessor.product_fields if f != "title")
+    arrays = synthetic_index(size, towers.get_layer("query").output.shape[-1], token_shape, fields=fields)
     search = CatalogueSearch(model, towers, arrays)
     texts = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(3)) for i in range(queries + 1)]
     vectors = search.query_vectors(tf.constant(texts)).numpy()

@@ -145,9 +145,11 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
         """
         if product is None:
             return self.tokenizer(tf.fill(tf.shape(like), ""))
-        parts = [self.tokenizer(tf.convert_to_tensor(product[name], tf.string))[:, :budget]
+        texts = {name: tf.convert_to_tensor(product[name], tf.string) for name in self.product_text}
+        axis = 0 if like.shape.rank == 0 else 1  # one example (a `tf.data` map per row) or a batch
+        parts = [self.tokenizer(texts[name])[:budget] if axis == 0 else self.tokenizer(texts[name])[:, :budget]
                  for name, budget in self.product_text.items()]
-        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
+        return parts[0] if len(parts) == 1 else tf.concat(parts, axis=axis)
 
     def tokenize(self, query: tf.Tensor, product: dict[str, tf.Tensor] | None) -> dict[str, tf.Tensor]:
         """Packs query and product text into `token_ids`, `segment_ids`, `padding_mask` (runs

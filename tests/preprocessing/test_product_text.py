@@ -152,3 +152,15 @@ def test_colour_hidden_copies_lose_the_colour_field_too():
     assert out["title"].tolist() == ["Red wool sock", "wool sock"]
     assert out["color"].tolist() == ["red", ""]
     assert out["brand"].tolist() == ["Red Fox", "Fox"] and out["description"].tolist() == ["red", ""]
+
+
+def test_one_example_packs_as_it_does_in_a_batch(tokenizer):
+    """A `tf.data` map over single examples (scalar strings) gives the batch's tokens."""
+    import tensorflow as tf
+
+    pre = _pre(tokenizer, {"title": 3, "brand": 2}, sequence_length=16)
+    raw = {"query": ["red mug", "cap"], "title": ["red ceramic coffee mug", "blue cap"],
+           "brand": ["acme corp ltd", ""], "image": [b"", b""]}
+    one_by_one = [x["token_ids"].numpy() for x in tf.data.Dataset.from_tensor_slices(raw).map(pre)]
+    batch = pre({k: np.array(v, dtype=object) for k, v in raw.items()})["token_ids"].numpy()
+    np.testing.assert_array_equal(np.stack(one_by_one), batch)

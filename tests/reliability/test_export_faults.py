@@ -57,6 +57,7 @@ class Archive:
 sm.build_signatures = lambda model: {}
 sm.build_archive = lambda model, signatures=None: Archive()
 sm.reference_outputs = lambda *args: {}
+sm.model_warmup_records = lambda *args: []  # the stand-in model has no preprocessor
 rmtree = shutil.rmtree
 
 def hang_on_old(path, *args, **kwargs):
@@ -128,6 +129,7 @@ def test_overwrite_true_replaces_the_version_and_leaves_nothing(tiny_export, tmp
     monkeypatch.setattr(sm, "build_signatures", lambda model: {})
     monkeypatch.setattr(sm, "build_archive", lambda model, signatures=None: Archive())
     monkeypatch.setattr(sm, "reference_outputs", lambda *args: {})
+    monkeypatch.setattr(sm, "model_warmup_records", lambda *args: [])
     path = export_saved_model(None, model_dir.parent, model_name="esr", version=1, overwrite=True)
     assert path == model_dir / "1"
     assert (path / "saved_model.pb").read_text() == "new" and not (path / "sentinel").exists()
@@ -191,6 +193,7 @@ class Archive:
 sm.build_signatures = lambda model: {}
 sm.build_archive = lambda model, signatures=None: Archive()
 sm.reference_outputs = lambda *args: {}
+sm.model_warmup_records = lambda *args: []  # the stand-in model has no preprocessor
 version = int(sys.argv[2]) if len(sys.argv) > 2 else None
 try:
     path = sm.export_saved_model(None, sys.argv[1], model_name="esr", version=version)
@@ -250,6 +253,7 @@ def test_kill_between_the_overwrite_renames_is_repaired_by_the_next_export(tiny_
     monkeypatch.setattr(sm, "build_signatures", lambda model: {})
     monkeypatch.setattr(sm, "build_archive", lambda model, signatures=None: Archive())
     monkeypatch.setattr(sm, "reference_outputs", lambda *args: {})
+    monkeypatch.setattr(sm, "model_warmup_records", lambda *args: [])
     assert export_saved_model(None, model_dir.parent, model_name="esr") == model_dir / "2"
     assert sorted(os.listdir(model_dir)) == ["1", "2"]
     assert (model_dir / "1" / "saved_model.pb").read_bytes() == (tiny_export / "saved_model.pb").read_bytes()

@@ -149,7 +149,7 @@ loaded = tf.saved_model.load(sys.argv[1])
 serve = loaded.signatures["serving_default"]
 images = [bytes.fromhex(x) for x in json.loads(sys.argv[2])]
 n = len(images)
-out = serve(query=tf.constant(["red"] * n), title=tf.constant(["Red mug"] * n), brand=tf.constant([""] * n),
+out = serve(query=tf.constant(["red"] * n), title=tf.constant(["Red mug"] * n), brand=tf.constant(["Red mug"] * n),
             color=tf.constant(["red"] * n), image=tf.constant(images))
 none = tf.constant([], tf.string)
 empty = serve(query=none, title=none, brand=none, color=none, image=none)
