@@ -101,7 +101,7 @@ class TrainConfig:
         cache_features: with both backbones frozen, compute their outputs once and train the
             fusion head on them (about 10x faster on CPU; identical model).
         feature_store: with `cache_features`, a folder where those outputs are written once
-            (float16 TFRecord shards, `training.feature_store`) and streamed from, so that they
+            (TFRecord shards of int8 tokens, `training.feature_store`) and streamed from, so that they
             need not fit in RAM; reused by reruns with the same encoders. "" keeps them in RAM
             (fastest for small catalogues).
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).

@@ -2,14 +2,17 @@
 
 `BackboneFeatures` keeps `[N, L, 384]` float32 BERT outputs in RAM (~49 KB per pair at L=32):
 0.4 M ESCI pairs would need ~20 GB. `FeatureStore.build` writes the same outputs once to TFRecord
-shards instead, float16 and each example cut to its real length, plus one float16 table of
-per-photo feature maps (each distinct photo once). `FeatureStore.dataset` streams them through
+shards instead, each example cut to its real length and each token stored as int8 with a
+float16 scale (`quantize_tokens`: 386 bytes a token for MiniLM against 768 in float16, so query +
+title + brand + colour fit in ~10 KB a pair), plus one float16 table of per-photo feature maps
+(each distinct photo once). `FeatureStore.dataset` streams them through
 `tf.data` into `RelevanceModel.head_model()`; only a shuffle buffer and the photo table stay
 in RAM.
 
 The store lives under `<root>/<backbone fingerprint>/<split>-<examples>-<photos>/` (digests):
 a rerun (or another fusion mode over the same examples with the same encoders) finds it and
-reuses every finished shard, a model with other encoders never does. Shards are written to a
+reuses every finished shard, a model with other encoders never does; the split folder names the
+storage format, so a store written in another format is never read. Shards are written to a
 temporary name and renamed when complete, so a run killed during the feature pass recomputes
 only the shard it was writing.
 
@@ -45,7 +48,7 @@ from esr_tf.training.feature_cache import (
 log = logging.getLogger("esr_tf.training")
 
 SHARD_EXAMPLES = 8192  # examples per shard: the unit a killed feature pass recomputes
-_FORMAT = 1
+FORMAT = "q8"  # int8 tokens with a float16 scale each (the float16 stores of before had no suffix)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -60,9 +63,26 @@ def text_hidden(model) -> int:
     return int(model.text_encoder.output["sequence_output"].shape[-1])
 
 
+def quantize_tokens(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per token: `seq ≈ q * scale[:, None]`, `q` in [-127, 127].
+
+    One scale per token (its largest absolute value / 127, rounded to float16 before `q` is
+    computed, so the reader multiplies back by exactly the stored scale): each value is off by
+    at most half a step, and a token's outlier dimensions never flatten other tokens. An
+    all-zero token gets scale 1.
+    """
+    seq = np.asarray(seq, np.float32)
+    scale = (np.abs(seq).max(axis=-1) / 127).astype(np.float16)
+    scale[scale == 0] = 1
+    q = np.clip(np.rint(seq / scale[..., None].astype(np.float32)), -127, 127).astype(np.int8)
+    return q, scale
+
+
 def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_image: float, label: int) -> bytes:
+    q, scale = quantize_tokens(seq)
     feature = {
-        "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[seq.astype(np.float16).tobytes()])),
+        "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[q.tobytes()])),
+        "scale": tf.train.Feature(bytes_list=tf.train.BytesList(value=[scale.tobytes()])),
         "token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=token_ids)),
         "segment_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=segment_ids)),
         "image_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_index])),
@@ -131,8 +151,8 @@ class FeatureStore:
         hidden = text_hidden(model)
         encode = traced_text_encoder(model.encode_text)  # traced once, for every shard
         splits = {
-            split: _write_split(model, encode, folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}",
-                                cols, rows, shard_examples, batch_size, verbose)
+            split: _write_split(model, encode, _split_folder(folder, split, cols, photo_digest), cols, rows,
+                                shard_examples, batch_size, verbose)
             for split, cols in parts.items()
         }
         return cls(folder, splits, photos, hidden, model.preprocessor.sequence_length)
@@ -196,6 +216,7 @@ class FeatureStore:
     def _parse(self, record):
         spec = {
             "sequence_output": tf.io.FixedLenFeature([], tf.string),
+            "scale": tf.io.FixedLenFeature([], tf.string),
             "token_ids": tf.io.VarLenFeature(tf.int64),
             "segment_ids": tf.io.VarLenFeature(tf.int64),
             "image_index": tf.io.FixedLenFeature([], tf.int64),
@@ -203,10 +224,11 @@ class FeatureStore:
             "label": tf.io.FixedLenFeature([], tf.int64),
         }
         x = tf.io.parse_single_example(record, spec)
-        seq = tf.reshape(tf.io.decode_raw(x["sequence_output"], tf.float16), [-1, self.hidden])
+        seq = tf.reshape(tf.io.decode_raw(x["sequence_output"], tf.int8), [-1, self.hidden])
+        scale = tf.cast(tf.io.decode_raw(x["scale"], tf.float16), tf.float32)
         token_ids = tf.cast(tf.sparse.to_dense(x["token_ids"]), tf.int32)
         return {
-            "sequence_output": tf.cast(seq, tf.float32),
+            "sequence_output": tf.cast(seq, tf.float32) * scale[:, None],
             "text_mask": tf.ones_like(token_ids),
             "token_ids": token_ids,
             "segment_ids": tf.cast(tf.sparse.to_dense(x["segment_ids"]), tf.int32),
@@ -214,6 +236,12 @@ class FeatureStore:
             "has_image": x["has_image"],
             "label": tf.cast(tf.maximum(x["label"], 0), tf.int32),
         }
+
+
+def _split_folder(folder: Path, split: str, cols, photo_digest: str) -> Path:
+    """`<split>-<examples digest>-<photo table digest>-<format>`: other examples, another photo
+    table or another storage format never share a folder."""
+    return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMAT}"
 
 
 def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
@@ -268,8 +296,6 @@ def _write_split(model, encode, out: Path, cols, photo_rows: dict[str, int], sha
         written = _write_shard(model, encode, path, cols, rows, paths, labels, photo_rows, batch_size)
         if verbose:
             log.info("feature store: %s shard %d written (%d examples)", out.name, k, written)
-    manifest = {"format": _FORMAT, "examples": n, "shards": len(files), "hidden": int(text_hidden(model))}
-    _atomic_write(out / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest)))
     return ShardFiles(files, labels)
 
 
