@@ -28,9 +28,9 @@ Example:
 from __future__ import annotations
 
 import csv
-import io
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,12 +59,21 @@ _REQUIRED = {"products": ("product_id", "title"), "examples": ("query", "product
 
 @dataclass
 class Table:
-    """Rows of one CSV / JSONL file: `records` holds `(row or line number, {column: text})`."""
+    """Rows of one CSV / JSONL file, read anew on each pass over `records`:
+    `(row or line number, {column: text})` pairs.
+
+    Streamed, not held: a list of every row's dict was the loader's largest transient at
+    catalogue scale (~0.5 KB a row, and Python's allocator keeps most of it after it is freed).
+    """
 
     path: Path
     unit: str  # "row" (CSV) or "line" (JSONL)
-    columns: list[str]
-    records: list[tuple[int, dict[str, str | None]]] = field(default_factory=list)
+    columns: list[str]  # the CSV header ([] for JSONL: each line names its own fields)
+    rows: Callable[[], Iterator[tuple[int, dict[str, str | None]]]] = field(repr=False, default=lambda: iter(()))
+
+    @property
+    def records(self) -> Iterator[tuple[int, dict[str, str | None]]]:
+        return self.rows()
 
     def where(self, number: int | None = None, column: str | None = None) -> str:
         return locate(self.path, number, column, unit=self.unit)
@@ -78,50 +87,66 @@ def _has_surrogate(text: str) -> bool:
         return True
 
 
-def read_csv(path: str | Path) -> Table:
-    """Reads a UTF-8 CSV file (a leading BOM is allowed); errors name the row and column."""
-    path = Path(path)
-    raw = path.read_bytes()
-    try:
-        text, bad_bytes = raw.decode("utf-8-sig"), False
-    except UnicodeDecodeError:
-        # Decode losslessly and locate the bad bytes row by row, so the error can name them.
-        text, bad_bytes = raw.decode("utf-8-sig", errors="surrogateescape"), True
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _open_csv(path: Path):
+    # Bytes that are not UTF-8 decode losslessly (surrogateescape), so that the error can name
+    # the row and column holding them; a leading BOM is dropped.
+    return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _csv_header(path: Path) -> list[str]:
+    with _open_csv(path) as f:
+        try:
+            header = next(csv.reader(f, strict=True), None)
+        except csv.Error as e:
+            raise CatalogueError(f"{path}, line 1: malformed CSV ({e})") from None
+    if header is None:
+        raise CatalogueError(f"{path}: the file is empty (expected a header row)")
+    if any(_has_surrogate(h) for h in header):
+        raise CatalogueError(f"{path}, header (line 1): bytes that are not valid UTF-8")
+    columns = [h.strip().lower() for h in header]
+    dupes = sorted({c for c in columns if columns.count(c) > 1})
+    if dupes:
+        raise CatalogueError(f"{path}, header: duplicated column(s) {dupes}")
+    return columns
+
+
+def _csv_record(table: Table, number: int, line: int, values: list[str]) -> dict[str, str]:
+    columns = table.columns
+    if len(values) != len(columns):
+        raise CatalogueError(
+            f"{table.where(number)} (line {line}): {len(values)} fields, the header has {len(columns)}"
+        )
+    if _has_surrogate("".join(values)):  # one check a row; the column is looked for only then
+        name = next(n for n, v in zip(columns, values, strict=True) if _has_surrogate(v))
+        raise CatalogueError(
+            f"{table.where(number, name)} (line {line}): bytes that are not valid UTF-8 (save the file as UTF-8)"
+        )
+    return dict(zip(columns, values, strict=True))
+
+
+def _csv_rows(table: Table) -> Iterator[tuple[int, dict[str, str | None]]]:
     # Over-long cells are truncated later (a documented fallback), so lift csv's 128 KiB limit.
     old_limit = csv.field_size_limit(2**31 - 1)
     try:
-        header = next(reader, None)
-        if header is None:
-            raise CatalogueError(f"{path}: the file is empty (expected a header row)")
-        if bad_bytes and any(_has_surrogate(h) for h in header):
-            raise CatalogueError(f"{path}, header (line 1): bytes that are not valid UTF-8")
-        columns = [h.strip().lower() for h in header]
-        dupes = sorted({c for c in columns if columns.count(c) > 1})
-        if dupes:
-            raise CatalogueError(f"{path}, header: duplicated column(s) {dupes}")
-        table = Table(path, "row", columns)
-        for number, values in enumerate(reader, start=1):
-            if not values:
-                continue  # blank line
-            line = reader.line_num
-            if len(values) != len(columns):
-                raise CatalogueError(
-                    f"{table.where(number)} (line {line}): {len(values)} fields, "
-                    f"the header has {len(columns)}"
-                )
-            if bad_bytes:
-                for name, value in zip(columns, values, strict=True):
-                    if _has_surrogate(value):
-                        raise CatalogueError(
-                            f"{table.where(number, name)} (line {line}): bytes that are not "
-                            "valid UTF-8 (save the file as UTF-8)"
-                        )
-            table.records.append((number, dict(zip(columns, values, strict=True))))
-    except csv.Error as e:
-        raise CatalogueError(f"{path}, line {reader.line_num}: malformed CSV ({e})") from None
+        with _open_csv(table.path) as f:
+            reader = csv.reader(f, strict=True)
+            try:
+                next(reader)  # the header (`_csv_header` checked it)
+                for number, values in enumerate(reader, start=1):
+                    if values:  # not a blank line
+                        yield number, _csv_record(table, number, reader.line_num, values)
+            except csv.Error as e:
+                raise CatalogueError(f"{table.path}, line {reader.line_num}: malformed CSV ({e})") from None
     finally:
         csv.field_size_limit(old_limit)
+
+
+def read_csv(path: str | Path) -> Table:
+    """A UTF-8 CSV file (a leading BOM is allowed); its header is checked now, its rows as they
+    are read (errors name the row and column)."""
+    path = Path(path)
+    table = Table(path, "row", _csv_header(path))
+    table.rows = lambda: _csv_rows(table)
     return table
 
 
@@ -135,31 +160,33 @@ def _json_text(table: Table, line: int, key: str, value) -> str | None:
     )
 
 
+def _jsonl_rows(table: Table) -> Iterator[tuple[int, dict[str, str | None]]]:
+    with open(table.path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CatalogueError(
+                    f"{table.path}, line {number}: bytes that are not valid UTF-8 at byte {e.start} of the "
+                    "line (save the file as UTF-8)"
+                ) from None
+            obj = load_json_object(text, f"{table.path}, line {number}", CatalogueError)
+            yield number, {str(k).strip().lower(): _json_text(table, number, str(k).strip().lower(), v)
+                           for k, v in obj.items()}
+
+
 def read_jsonl(path: str | Path) -> Table:
-    """Reads one JSON object per line (blank lines skipped); errors name the line and field."""
+    """One JSON object per line (blank lines skipped), read as the rows are read; errors name
+    the line and field."""
     path = Path(path)
+    if not path.is_file():
+        raise CatalogueError(f"{path}: no such file")
     table = Table(path, "line", [])
-    seen: dict[str, None] = {}
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CatalogueError(
-                f"{path}, line {number}: bytes that are not valid UTF-8 at byte {e.start} of the "
-                "line (save the file as UTF-8)"
-            ) from None
-        obj = load_json_object(text, f"{path}, line {number}", CatalogueError)
-        record = {}
-        for key, value in obj.items():
-            name = str(key).strip().lower()
-            record[name] = _json_text(table, number, name, value)
-            seen.setdefault(name, None)
-        table.records.append((number, record))
-    table.columns = list(seen)
+    table.rows = lambda: _jsonl_rows(table)
     return table
 
 
@@ -225,8 +252,9 @@ def _read_products(
             product_id=pid,
             title=title,
             description=fix(r.get("description")),
-            brand=fix(r.get("brand")),
-            color=fix(r.get("color")),
+            # brands and colours repeat across products: one string object per distinct value
+            brand=sys.intern(fix(r.get("brand"))),
+            color=sys.intern(fix(r.get("color"))),
             bullets=fix(r.get("bullets")),
             image=image,
         )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -269,8 +270,8 @@ def _product(key: str, values: dict, image: str, fix: TextFixer) -> Product:
         product_id=key,
         title=fix(values["product_title"]),
         description=fix(description),
-        brand=fix(values["product_brand"]),
-        color=fix(values["product_color"]),
+        brand=sys.intern(fix(values["product_brand"])),  # repeated across products: one string each
+        color=sys.intern(fix(values["product_color"])),
         bullets=fix(bullets),
         image=image,
     )
