@@ -39,6 +39,7 @@ LOSSES = ("crossentropy", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
 DEMO_SIZES = ("tiny", "small", "default", "large")
 MIXED_PRECISION = ("auto", "on", "off")
+FEATURE_STORE_DTYPES = ("int8", "float16")  # `training.feature_store.FORMATS`
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_VALUES = 10_000  # values counted through YAML aliases, so alias bombs stop here
 MAX_CONFIG_DEPTH = 16
@@ -104,6 +105,8 @@ class TrainConfig:
             (TFRecord shards of int8 tokens, `training.feature_store`) and streamed from, so that they
             need not fit in RAM; reused by reruns with the same encoders. "" keeps them in RAM
             (fastest for small catalogues).
+        feature_store_dtype: `"int8"` (a float16 scale per token, half the bytes) or
+            `"float16"` tokens in the store.
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
         mixed_precision: `"auto"` (mixed_float16 on GPU only), `"on"` or `"off"`.
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
@@ -129,6 +132,7 @@ class TrainConfig:
     hide_colour_rate: float = 0.5
     cache_features: bool = True
     feature_store: str = ""
+    feature_store_dtype: str = "int8"
     early_stopping_patience: int = 4
     mixed_precision: str = "auto"
     strategy: str = "default"
@@ -145,6 +149,7 @@ class TrainConfig:
             ("loss", LOSSES),
             ("class_weights", CLASS_WEIGHTS),
             ("mixed_precision", MIXED_PRECISION),
+            ("feature_store_dtype", FEATURE_STORE_DTYPES),
             ("strategy", STRATEGIES),
         ):
             check_str(name, getattr(self, name), choices=choices)

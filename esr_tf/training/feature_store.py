@@ -4,8 +4,8 @@
 0.4 M ESCI pairs would need ~20 GB. `FeatureStore.build` writes the same outputs once to TFRecord
 shards instead, each example cut to its real length and each token stored as int8 with a
 float16 scale (`quantize_tokens`: 386 bytes a token for MiniLM against 768 in float16, so query +
-title + brand + colour fit in ~10 KB a pair), plus one float16 table of per-photo feature maps
-(each distinct photo once). `FeatureStore.dataset` streams them through
+title + brand + colour fit in ~10 KB a pair; `dtype="float16"` stores float16 tokens), plus one
+float16 table of per-photo feature maps (each distinct photo once). `FeatureStore.dataset` streams them through
 `tf.data` into `RelevanceModel.head_model()`; only a shuffle buffer and the photo table stay
 in RAM.
 
@@ -48,7 +48,9 @@ from esr_tf.training.feature_cache import (
 log = logging.getLogger("esr_tf.training")
 
 SHARD_EXAMPLES = 8192  # examples per shard: the unit a killed feature pass recomputes
-FORMAT = "q8"  # int8 tokens with a float16 scale each (the float16 stores of before had no suffix)
+# Token storage -> the split folders' suffix (the float16 stores of before had no suffix and no
+# per-token scale: never read again).
+FORMATS = {"int8": "q8", "float16": "f16"}
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -78,11 +80,16 @@ def quantize_tokens(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_image: float, label: int) -> bytes:
-    q, scale = quantize_tokens(seq)
+def _example(seq: np.ndarray, token_ids, segment_ids, image_index: int, has_image: float, label: int,
+             dtype: str) -> bytes:
+    if dtype == "int8":
+        q, scale = quantize_tokens(seq)
+        tokens, scale = q.tobytes(), scale.tobytes()
+    else:
+        tokens, scale = seq.astype(np.float16).tobytes(), b""
     feature = {
-        "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[q.tobytes()])),
-        "scale": tf.train.Feature(bytes_list=tf.train.BytesList(value=[scale.tobytes()])),
+        "sequence_output": tf.train.Feature(bytes_list=tf.train.BytesList(value=[tokens])),
+        "scale": tf.train.Feature(bytes_list=tf.train.BytesList(value=[scale])),
         "token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=token_ids)),
         "segment_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=segment_ids)),
         "image_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[image_index])),
@@ -125,8 +132,11 @@ class FeatureStore:
     """Frozen-backbone outputs of named splits on disk (see the module docstring)."""
 
     def __init__(self, folder: Path, splits: dict[str, ShardFiles], photos: np.ndarray, hidden: int,
-                 sequence_length: int) -> None:
+                 sequence_length: int, dtype: str = "int8") -> None:
+        if dtype not in FORMATS:
+            raise ValueError(f"FeatureStore: dtype must be one of {tuple(FORMATS)}, got {dtype!r}")
         self.folder = Path(folder)
+        self.dtype = dtype  # how the shards store tokens (`FORMATS`)
         self.splits = splits
         self.photos = photos  # [U, h, w, C] float16
         self.hidden = hidden
@@ -141,9 +151,13 @@ class FeatureStore:
         *,
         shard_examples: int = SHARD_EXAMPLES,
         batch_size: int = 64,
+        dtype: str = "int8",
         verbose: int = 0,
     ) -> FeatureStore:
-        """Writes (or finds) the outputs of `model`'s frozen encoders for each split's columns."""
+        """Writes (or finds) the outputs of `model`'s frozen encoders for each split's columns
+        (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens)."""
+        if dtype not in FORMATS:
+            raise ValueError(f"FeatureStore: dtype must be one of {tuple(FORMATS)}, got {dtype!r}")
         folder = Path(root) / backbone_fingerprint(model)[:20]
         folder.mkdir(parents=True, exist_ok=True)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
@@ -151,11 +165,11 @@ class FeatureStore:
         hidden = text_hidden(model)
         encode = traced_text_encoder(model.encode_text)  # traced once, for every shard
         splits = {
-            split: _write_split(model, encode, _split_folder(folder, split, cols, photo_digest), cols, rows,
-                                shard_examples, batch_size, verbose)
+            split: _write_split(model, encode, _split_folder(folder, split, cols, photo_digest, dtype), cols, rows,
+                                shard_examples, batch_size, dtype, verbose)
             for split, cols in parts.items()
         }
-        return cls(folder, splits, photos, hidden, model.preprocessor.sequence_length)
+        return cls(folder, splits, photos, hidden, model.preprocessor.sequence_length, dtype)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.splits.values())
@@ -226,12 +240,18 @@ class FeatureStore:
         }
         x = tf.io.parse_example(records, spec)
         length, hidden = self.sequence_length, self.hidden
-        # `fixed_length` pads each example's bytes with zeros up to the full length
-        q = tf.io.decode_raw(x["sequence_output"], tf.int8, fixed_length=length * hidden)
-        # (padded decoding has no float16 kernel: the scales' bytes decode as uint16 and bitcast)
-        scale = tf.bitcast(tf.io.decode_raw(x["scale"], tf.uint16, fixed_length=2 * length), tf.float16)
-        scale = tf.cast(scale, tf.float32)
-        seq = tf.reshape(tf.cast(q, tf.float32), [-1, length, hidden]) * scale[..., None]
+        # `fixed_length` pads each example's bytes with zeros up to the full length; padded
+        # decoding has no float16 kernel, so float16 bytes decode as uint16 and are bitcast.
+        def half(raw, size):
+            return tf.cast(tf.bitcast(tf.io.decode_raw(raw, tf.uint16, fixed_length=2 * size), tf.float16), tf.float32)
+
+        if self.dtype == "int8":
+            q = tf.io.decode_raw(x["sequence_output"], tf.int8, fixed_length=length * hidden)
+            seq = tf.reshape(tf.cast(q, tf.float32), [-1, length, hidden]) * half(x["scale"], length)[..., None]
+            tokens = tf.strings.length(x["sequence_output"]) // hidden
+        else:
+            seq = tf.reshape(half(x["sequence_output"], length * hidden), [-1, length, hidden])
+            tokens = tf.strings.length(x["sequence_output"]) // (2 * hidden)
 
         def ids(sparse):
             dense = tf.cast(tf.sparse.to_dense(sparse), tf.int32)
@@ -239,7 +259,7 @@ class FeatureStore:
 
         return {
             "sequence_output": seq,
-            "text_mask": tf.sequence_mask(tf.strings.length(x["scale"]) // 2, length, dtype=tf.int32),
+            "text_mask": tf.sequence_mask(tokens, length, dtype=tf.int32),
             "token_ids": ids(x["token_ids"]),
             "segment_ids": ids(x["segment_ids"]),
             "image_index": tf.cast(x["image_index"], tf.int32),
@@ -248,10 +268,10 @@ class FeatureStore:
         }
 
 
-def _split_folder(folder: Path, split: str, cols, photo_digest: str) -> Path:
+def _split_folder(folder: Path, split: str, cols, photo_digest: str, dtype: str) -> Path:
     """`<split>-<examples digest>-<photo table digest>-<format>`: other examples, another photo
     table or another storage format never share a folder."""
-    return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMAT}"
+    return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}"
 
 
 def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
@@ -290,7 +310,7 @@ def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, ver
 
 
 def _write_split(model, encode, out: Path, cols, photo_rows: dict[str, int], shard_examples: int,
-                 batch_size: int, verbose: int) -> ShardFiles:
+                 batch_size: int, dtype: str, verbose: int) -> ShardFiles:
     """`out/shard-<k>-of-<n>.tfrecord` for one split: finished shards are kept, missing ones written."""
     n = len(cols["query"])
     out.mkdir(exist_ok=True)
@@ -303,14 +323,14 @@ def _write_split(model, encode, out: Path, cols, photo_rows: dict[str, int], sha
         if path.exists():
             continue
         rows = slice(start, min(n, start + shard_examples))
-        written = _write_shard(model, encode, path, cols, rows, paths, labels, photo_rows, batch_size)
+        written = _write_shard(model, encode, path, cols, rows, paths, labels, photo_rows, batch_size, dtype)
         if verbose:
             log.info("feature store: %s shard %d written (%d examples)", out.name, k, written)
     return ShardFiles(files, labels)
 
 
 def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray, labels: np.ndarray,
-                 photo_rows: dict[str, int], batch_size: int) -> int:
+                 photo_rows: dict[str, int], batch_size: int, dtype: str) -> int:
     """Encodes the examples `rows` and writes them to the shard `path`; returns their count.
 
     A function of its own so that the shard's `[rows, L, H]` float32 encoder outputs are freed
@@ -329,7 +349,7 @@ def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray
                 writer.write(_example(
                     text["sequence_output"][i, :length], ids["token_ids"][i, :length],
                     ids["segment_ids"][i, :length], photo_rows.get(photo, 0), float(bool(photo)),
-                    int(shard_labels[i]),
+                    int(shard_labels[i]), dtype,
                 ))
 
     _atomic_write(path, write)

@@ -310,7 +310,8 @@ def _backbone_features(
         from esr_tf.training.feature_store import FeatureStore
 
         with local_predict(model.text_encoder, model.image_encoder):
-            store = FeatureStore.build(model, trainee.parts, config.feature_store, verbose=verbose)
+            store = FeatureStore.build(model, trainee.parts, config.feature_store, dtype=config.feature_store_dtype,
+                                       verbose=verbose)
         return {split: store.view(split) for split in store.splits}
     if trainee.cached and bool(features) and _features_fit(features, model, trainee.parts):
         log.info("reusing the frozen backbone outputs passed in (same encoders and examples)")

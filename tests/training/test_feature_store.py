@@ -53,7 +53,24 @@ def test_each_example_is_stored_at_its_own_length_in_int8(model, parts, store):
     # field names add ~200 bytes an example (3 % of MiniLM's 6.6 KB for 17 tokens)
     overhead = (train_bytes - tokens * (hidden + 2)) / len(store.view("train"))
     assert 0 < overhead < 256
-    assert all(Path(p).parent.name.endswith(f"-{fs.FORMAT}") for p in store.splits["train"].files)
+    assert all(Path(p).parent.name.endswith(f"-{fs.FORMATS['int8']}") for p in store.splits["train"].files)
+
+
+def test_a_float16_store_is_its_own_and_agrees_to_float16_precision(model, parts, store):
+    # the same splits (so the same photo table) beside the int8 store: never its shards
+    half = fs.FeatureStore.build(model, parts, store.folder.parent, shard_examples=64, dtype="float16")
+    assert half.folder == store.folder and half.splits["valid"].files[0] != store.splits["valid"].files[0]
+    head = model.head_model()
+    ram = BackboneFeatures.compute(model, parts["valid"])
+    expected = head.predict(ram.dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
+    got = head.predict(half.view("valid").dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+    tokens = sum(int(np.asarray(x["text_mask"]).sum()) for x in half.view("valid").dataset(batch_size=64,
+                                                                                           with_labels=False))
+    size = sum(Path(p).stat().st_size for p in half.splits["valid"].files)
+    assert 0 < (size - tokens * half.hidden * 2) / len(half.view("valid")) < 256
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        fs.FeatureStore.build(model, parts, store.folder.parent, dtype="int4")
 
 
 def test_quantized_tokens_are_off_by_at_most_half_a_step():
