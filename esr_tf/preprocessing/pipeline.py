@@ -35,6 +35,15 @@ def _read_image(path: tf.Tensor) -> tf.Tensor:
     return tf.cond(tf.strings.length(path) > 0, lambda: tf.io.read_file(path), lambda: tf.constant(b""))
 
 
+def require_columns(columns: Mapping, keys: Sequence[str], who: str) -> None:
+    """`KeyError` naming the `keys` that `columns` lacks: one message for every reader of
+    raw columns (the loader, the feature pass, the export's sample inputs)."""
+    missing = [k for k in keys if k not in columns]
+    if missing:
+        raise KeyError(f"{who}: needs columns {tuple(keys)}; missing {missing} "
+                       "(an empty string is a valid field value)")
+
+
 def raw_dataset(
     columns: Mapping[str, np.ndarray],
     *,
@@ -50,9 +59,7 @@ def raw_dataset(
     one `columns` lacks); default every product text field `columns` has.
     """
     fields = [f for f in PRODUCT_TEXT_FIELDS if f in columns] if fields is None else list(fields)
-    missing = [f for f in fields if f not in columns]
-    if missing:
-        raise KeyError(f"raw_dataset: the columns lack product field(s) {missing} that the model reads")
+    require_columns(columns, fields, "raw_dataset (the product fields the model reads)")
     tensors = {k: np.asarray(columns[k], dtype=object).astype(str) for k in ("query", *fields, "image")}
     if with_labels:
         labels = np.asarray(columns["label"], dtype=np.int32)

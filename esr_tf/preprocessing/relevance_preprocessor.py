@@ -33,6 +33,7 @@ from keras_hub.layers import MultiSegmentPacker
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.preprocessing.image_decoder import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageDecoder
+from esr_tf.preprocessing.pipeline import require_columns
 
 
 def check_product_text(value, where: str = "product_text") -> dict[str, int]:
@@ -172,10 +173,7 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
 
     def check_raw(self, x) -> None:
         """`KeyError` naming the raw inputs `x` lacks (every product field read must be there)."""
-        missing = [k for k in self.raw_inputs if k not in x]
-        if missing:
-            raise KeyError(f"RelevancePreprocessor: raw inputs need keys {self.raw_inputs}; missing {missing} "
-                           "(an empty string is a valid field value)")
+        require_columns(x, self.raw_inputs, "RelevancePreprocessor (raw inputs)")
 
     def preprocess_text(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """First stage (graph mode): tokenizes `query` + product text, passes `image` bytes through.

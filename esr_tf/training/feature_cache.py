@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.labels import ESCI
-from esr_tf.preprocessing.pipeline import AUTOTUNE
+from esr_tf.preprocessing.pipeline import AUTOTUNE, require_columns
 
 # Columns whose values decide an example's features (and so whether stored ones can be reused).
 DIGEST_KEYS = ("query", *PRODUCT_TEXT_FIELDS, "image", "label")
@@ -123,9 +123,7 @@ def encode_text_rows(
 def tokenize_columns(preprocessor, columns: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
     """Packed `token_ids`, `segment_ids`, `padding_mask` ([N, L] int32) of the query and the
     product fields the preprocessor reads (`KeyError` naming a field `columns` lacks)."""
-    missing = [f for f in preprocessor.product_fields if f not in columns]
-    if missing:
-        raise KeyError(f"the columns lack product field(s) {missing} that the model reads")
+    require_columns(columns, preprocessor.product_fields, "tokenize_columns (the product fields the model reads)")
     # The preprocessor's own traced `tokenize`, batch by batch: a `tf.data` map here would trace
     # a new graph per call (~17 MB of graph objects per feature-store shard, freed only by a
     # full garbage collection).

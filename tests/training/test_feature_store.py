@@ -73,6 +73,12 @@ def test_a_float16_store_is_its_own_and_agrees_to_float16_precision(model, parts
         fs.FeatureStore.build(model, parts, store.folder.parent, dtype="int4")
 
 
+def test_the_config_offers_exactly_the_store_formats():
+    from esr_tf.training.config import FEATURE_STORE_DTYPES  # kept apart: config imports no TF
+
+    assert FEATURE_STORE_DTYPES == tuple(fs.FORMATS)
+
+
 def test_quantized_tokens_are_off_by_at_most_half_a_step():
     rng = np.random.default_rng(0)
     seq = rng.normal(size=(6, 384)).astype(np.float32)
