@@ -31,6 +31,7 @@ import yaml
 
 from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.models.builder import ModelConfig
+from esr_tf.models.precision import PRECISIONS as FEATURE_PASS_PRECISIONS
 from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
 
 __all__ = ["ConfigError", "RetrievalConfig", "TrainConfig", "parse_config"]
@@ -107,6 +108,9 @@ class TrainConfig:
             (fastest for small catalogues).
         feature_store_dtype: `"int8"` (a float16 scale per token, half the bytes) or
             `"float16"` tokens in the store.
+        feature_pass_precision: what the frozen encoders compute the cached outputs in:
+            `"float32"` (default), `"bfloat16"` (for CPUs with AMX; the trained model and its
+            export stay float32) or `"auto"` (bfloat16 only where the CPU has AMX tiles).
         early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
         mixed_precision: `"auto"` (mixed_float16 on GPU only), `"on"` or `"off"`.
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
@@ -133,6 +137,7 @@ class TrainConfig:
     cache_features: bool = True
     feature_store: str = ""
     feature_store_dtype: str = "int8"
+    feature_pass_precision: str = "float32"
     early_stopping_patience: int = 4
     mixed_precision: str = "auto"
     strategy: str = "default"
@@ -150,6 +155,7 @@ class TrainConfig:
             ("class_weights", CLASS_WEIGHTS),
             ("mixed_precision", MIXED_PRECISION),
             ("feature_store_dtype", FEATURE_STORE_DTYPES),
+            ("feature_pass_precision", FEATURE_PASS_PRECISIONS),
             ("strategy", STRATEGIES),
         ):
             check_str(name, getattr(self, name), choices=choices)

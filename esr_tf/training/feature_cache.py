@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.labels import ESCI
+from esr_tf.models.precision import bfloat16_copy, resolve_precision
+from esr_tf.models.relevance_backbone import TEXT_INPUTS
 from esr_tf.preprocessing.pipeline import AUTOTUNE, require_columns
 
 # Columns whose values decide an example's features (and so whether stored ones can be reused).
@@ -46,15 +48,46 @@ def targets_and_weights(labels, gains, sample_weights=None) -> tuple:
     return targets(labels, gains), {"probabilities": sample_weights, "score": sample_weights}
 
 
-def backbone_fingerprint(model) -> str:
+@dataclass(frozen=True)
+class FrozenEncoders:
+    """The encoders a feature pass runs: the model's own (float32), or bfloat16 copies of them
+    (`models.precision`; the model, its training graph and its export stay float32).
+
+    Example:
+    >>> encoders = FrozenEncoders.of(model, "bfloat16")  # doctest: +SKIP
+    >>> encoders.encode_text(packed)["sequence_output"].dtype  # doctest: +SKIP
+    tf.bfloat16
+    """
+
+    text: keras.Model
+    image: keras.Model
+    precision: str = "float32"
+
+    @classmethod
+    def of(cls, model, precision: str = "float32") -> FrozenEncoders:
+        """`precision`: `"float32"`, `"bfloat16"` or `"auto"` (`models.precision.resolve_precision`)."""
+        precision = resolve_precision(precision)
+        if precision == "bfloat16":
+            return cls(bfloat16_copy(model.text_encoder), bfloat16_copy(model.image_encoder), precision)
+        return cls(model.text_encoder, model.image_encoder, precision)
+
+    def encode_text(self, packed, training=None) -> dict:
+        """`RelevanceModel.encode_text` through these encoders."""
+        return self.text({k: packed[k] for k in TEXT_INPUTS}, training=training)
+
+
+def backbone_fingerprint(model, precision: str = "float32") -> str:
     """Digest of the text and image encoders (layer types and weights) that features come from.
 
     Features are only valid for a head whose model has exactly these encoders: e.g. across
     `esr-tf ablate` modes with pretrained weights, but not from `image_only` (its BERT sees the
     query only) to `cross_attention`, nor across two random inits. The text packing
-    (sequence length, product fields and their budgets) is part of it: it decides the tokens.
+    (sequence length, product fields and their budgets) is part of it: it decides the tokens;
+    so is a bfloat16 pass (`precision`, resolved): its outputs differ from float32 ones.
     """
     digest = hashlib.sha1()
+    if precision != "float32":  # float32 fingerprints stay what they were
+        digest.update(f"precision {precision}".encode())
     pre = model.preprocessor
     if pre is not None:
         digest.update(f"{pre.sequence_length} {pre.truncate} {sorted(pre.product_text.items())}".encode())
@@ -86,18 +119,25 @@ def traced_text_encoder(encode_text, keys=("token_ids", "segment_ids", "padding_
     """`encode_text` as one `tf.function` over `[batch, length]` int32 ids of any size (traced
     once; reuse it across calls of `encode_text_rows`)."""
     spec = tf.TensorSpec([None, None], tf.int32)
-    return tf.function(lambda x: encode_text(x, training=False), input_signature=[{k: spec for k in keys}])
+
+    def encode(x):  # float32 out, also from a bfloat16 encoder: that is what gets stored
+        out = encode_text(x, training=False)
+        return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v for k, v in out.items()}
+
+    return tf.function(encode, input_signature=[{k: spec for k in keys}])
 
 
 def encode_text_rows(
     encode_text, ids: dict[str, np.ndarray], batch_size: int, verbose: int = 0, *, traced=None
 ) -> dict[str, np.ndarray]:
-    """`encode_text` (`RelevanceModel.encode_text`) outputs for packed ids, with the trailing padding cut off per batch.
+    """`encode_text` (`RelevanceModel.encode_text`, or `FrozenEncoders.encode_text`) outputs for
+    packed ids, with the trailing padding cut off per batch.
 
     Query + title pairs are usually much shorter than `sequence_length`; examples are batched by
     length and each batch runs only up to its longest example (~40 % less BERT compute on the
     demo shop). Outputs beyond an example's length are zero; everything downstream masks them.
-    `traced`: a `traced_text_encoder(encode_text)` from an earlier call, not traced again.
+    `traced`: a `traced_text_encoder(encode_text)` from an earlier call, not traced again
+    (`encode_text` may then be None).
     """
     encode = traced or traced_text_encoder(encode_text, tuple(ids))
     lengths = ids["padding_mask"].sum(axis=1)
@@ -136,9 +176,11 @@ def tokenize_columns(preprocessor, columns: Mapping[str, np.ndarray], batch_size
     return {k: np.concatenate([np.asarray(b[k]) for b in batches]).astype(np.int32) for k in batches[0]}
 
 
-def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0) -> np.ndarray:
-    """`image_encoder` feature maps `[U, h, w, C]` float32 of image files, in `paths` order;
-    one zero row when there are none (text_only, or no photos), for every example to point at."""
+def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0, *,
+                       encoder: keras.Model | None = None) -> np.ndarray:
+    """`image_encoder` (or `encoder`, e.g. a bfloat16 copy) feature maps `[U, h, w, C]` float32 of
+    image files, in `paths` order; one zero row when there are none (text_only, or no photos),
+    for every example to point at."""
     if not paths:
         return np.zeros((1, *model.image_encoder.output.shape[1:]), np.float32)
     decoder = model.preprocessor.image_decoder
@@ -148,7 +190,7 @@ def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 
         .batch(batch_size)
         .prefetch(AUTOTUNE)
     )
-    return model.image_encoder.predict(image_ds, verbose=verbose).astype(np.float32)
+    return (encoder or model.image_encoder).predict(image_ds, verbose=verbose).astype(np.float32)
 
 
 @dataclass
@@ -169,19 +211,22 @@ class BackboneFeatures:
 
     @classmethod
     def compute(
-        cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0
+        cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0,
+        precision: str = "float32",
     ):
+        """`precision`: the encoders' (`FrozenEncoders.of`); the outputs are float32 either way."""
+        encoders = FrozenEncoders.of(model, precision)
         ids = tokenize_columns(model.preprocessor, columns, batch_size)
-        text = encode_text_rows(model.encode_text, ids, batch_size, verbose)
+        text = encode_text_rows(encoders.encode_text, ids, batch_size, verbose)
         paths = [str(p) for p in np.asarray(columns["image"], dtype=object).tolist()]
         unique = sorted({p for p in paths if p}) if model.reads_photos else []
         row = {p: i for i, p in enumerate(unique)}
         image_index = np.array([row.get(p, 0) for p in paths], dtype=np.int32)
         has_image = np.array([1.0 if p else 0.0 for p in paths], dtype=np.float32)
-        feature_maps = photo_feature_maps(model, unique, batch_size, verbose)
+        feature_maps = photo_feature_maps(model, unique, batch_size, verbose, encoder=encoders.image)
         labels = np.asarray(columns["label"], np.int32) if "label" in columns else None
         return cls(
-            source=backbone_fingerprint(model),
+            source=backbone_fingerprint(model, encoders.precision),
             photos=model.reads_photos,
             sequence_output=np.asarray(text["sequence_output"], np.float32),
             text_mask=np.asarray(text["text_mask"], np.int32),

@@ -36,6 +36,7 @@ import tensorflow as tf
 from esr_tf.labels import ESCI
 from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.training.feature_cache import (
+    FrozenEncoders,
     backbone_fingerprint,
     encode_text_rows,
     examples_digest,
@@ -158,17 +159,20 @@ class FeatureStore:
         shard_examples: int = SHARD_EXAMPLES,
         batch_size: int = 64,
         dtype: str = "int8",
+        precision: str = "float32",
         verbose: int = 0,
     ) -> FeatureStore:
         """Writes (or finds) the outputs of `model`'s frozen encoders for each split's columns
-        (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens)."""
+        (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens; `precision`:
+        the encoders', see `FrozenEncoders.of`: a bfloat16 pass has a store of its own)."""
         _check_dtype(dtype)
-        folder = Path(root) / backbone_fingerprint(model)[:20]
+        encoders = FrozenEncoders.of(model, precision)
+        folder = Path(root) / backbone_fingerprint(model, encoders.precision)[:20]
         folder.mkdir(parents=True, exist_ok=True)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
-        photos, rows, photo_digest = _photo_table(model, folder, parts, batch_size, verbose)
+        photos, rows, photo_digest = _photo_table(model, encoders.image, folder, parts, batch_size, verbose)
         hidden = text_hidden(model)
-        encode = traced_text_encoder(model.encode_text)  # traced once, for every shard
+        encode = traced_text_encoder(encoders.encode_text)  # traced once, for every shard
         splits = {
             split: _write_split(model, encode, _split_folder(folder, split, cols, photo_digest, dtype), cols, rows,
                                 shard_examples, batch_size, dtype, verbose)
@@ -281,7 +285,8 @@ def _split_folder(folder: Path, split: str, cols, photo_digest: str, dtype: str)
     return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}"
 
 
-def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
+def _photo_table(model, encoder, folder: Path, parts, batch_size: int,
+                 verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
     """`photos.npy` ([U, h, w, C] float16, every distinct photo of `parts` once), its rows and
     the digest of its photo list.
 
@@ -295,15 +300,16 @@ def _photo_table(model, folder: Path, parts, batch_size: int, verbose: int) -> t
     table, index = folder / "photos.npy", folder / "photos.json"
     digest = examples_digest({"image": np.array(paths)})
     if not (table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest):
-        _atomic_write(table, lambda tmp: _write_photo_table(model, paths, tmp, batch_size, verbose))
+        _atomic_write(table, lambda tmp: _write_photo_table(model, encoder, paths, tmp, batch_size, verbose))
         _atomic_write(index, lambda tmp: tmp.write_text(json.dumps({"digest": digest, "photos": len(paths)})))
     return np.load(table, mmap_mode="r"), rows, digest
 
 
-def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, verbose: int,
+def _write_photo_table(model, encoder, paths: list[str], path: Path, batch_size: int, verbose: int,
                        chunk: int = 1024) -> None:
-    """`image_encoder` feature maps of `paths` into a float16 `.npy` at `path`, `chunk` photos at
-    a time (a memory-mapped file: the pass holds one chunk in RAM, not the table)."""
+    """`encoder` (the model's `image_encoder` or a bfloat16 copy) feature maps of `paths` into a
+    float16 `.npy` at `path`, `chunk` photos at a time (a memory-mapped file: the pass holds one
+    chunk in RAM, not the table)."""
     if not paths:  # a catalogue without photos: one zero row
         with open(path, "wb") as f:
             np.save(f, photo_feature_maps(model, [], batch_size).astype(np.float16))
@@ -311,7 +317,8 @@ def _write_photo_table(model, paths: list[str], path: Path, batch_size: int, ver
     shape = (len(paths), *model.image_encoder.output.shape[1:])
     table = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=shape)
     for start in range(0, len(paths), chunk):
-        table[start : start + chunk] = photo_feature_maps(model, paths[start : start + chunk], batch_size, verbose)
+        table[start : start + chunk] = photo_feature_maps(model, paths[start : start + chunk], batch_size, verbose,
+                                                          encoder=encoder)
     table.flush()
     del table
 
@@ -346,7 +353,7 @@ def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray
     """
     shard = {key: np.asarray(cols[key])[rows] for key in ("query", *model.preprocessor.product_fields)}
     ids = tokenize_columns(model.preprocessor, shard, batch_size)
-    text = encode_text_rows(model.encode_text, ids, batch_size, traced=encode)
+    text = encode_text_rows(None, ids, batch_size, traced=encode)
     lengths = ids["padding_mask"].sum(axis=1)
     shard_paths, shard_labels = paths[rows], labels[rows]
 

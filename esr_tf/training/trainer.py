@@ -30,6 +30,7 @@ import tensorflow as tf
 from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
 from esr_tf.labels import LabelSet
 from esr_tf.models.builder import build_relevance_model
+from esr_tf.models.precision import resolve_precision
 from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.augment import hide_colour_words
 from esr_tf.training.config import ConfigError, TrainConfig
@@ -160,9 +161,11 @@ def training_parts(config: TrainConfig, catalogue: Catalogue, model) -> dict[str
     return {"train": train, "valid": catalogue.columns("valid", labels), "test": catalogue.columns("test", labels)}
 
 
-def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping]) -> bool:
-    """Reusable only from the same backbones and for the same examples of every split."""
-    fingerprint = backbone_fingerprint(model)
+def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping],
+                  precision: str = "float32") -> bool:
+    """Reusable only from the same backbones (at the same `precision`) and for the same
+    examples of every split."""
+    fingerprint = backbone_fingerprint(model, resolve_precision(precision))
     for split, columns in parts.items():
         expected = len(columns["label"])
         if split not in features and expected == 0:
@@ -311,9 +314,10 @@ def _backbone_features(
 
         with local_predict(model.text_encoder, model.image_encoder):
             store = FeatureStore.build(model, trainee.parts, config.feature_store, dtype=config.feature_store_dtype,
-                                       verbose=verbose)
+                                       precision=config.feature_pass_precision, verbose=verbose)
         return {split: store.view(split) for split in store.splits}
-    if trainee.cached and bool(features) and _features_fit(features, model, trainee.parts):
+    if trainee.cached and bool(features) and _features_fit(features, model, trainee.parts,
+                                                           config.feature_pass_precision):
         log.info("reusing the frozen backbone outputs passed in (same encoders and examples)")
         return dict(features)
     if not trainee.cached:
@@ -321,7 +325,8 @@ def _backbone_features(
     log.info("computing frozen backbone outputs once for the train, valid and test examples")
     # distribute: every worker computes all features itself (no per-batch gathers).
     with local_predict(model.text_encoder, model.image_encoder):
-        return BackboneFeatures.compute_parts(model, trainee.parts, verbose=verbose)
+        return BackboneFeatures.compute_parts(model, trainee.parts, verbose=verbose,
+                                              precision=config.feature_pass_precision)
 
 
 def _datasets(

@@ -1,0 +1,75 @@
+"""`feature_pass_precision`: the frozen encoders' pass in bfloat16 (#17), the model left float32."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from esr_tf.models.builder import TINY_MODEL, build_relevance_model
+from esr_tf.models.precision import bfloat16_copy, cpu_flags, resolve_precision
+from esr_tf.training import feature_store as fs
+from esr_tf.training.config import ConfigError, parse_config
+from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(0)
+    return build_relevance_model(**TINY_MODEL)
+
+
+@pytest.fixture(scope="module")
+def valid(tiny_catalogue):
+    return tiny_catalogue.columns("valid")
+
+
+@pytest.fixture(scope="module")
+def both(model, valid):
+    return {p: BackboneFeatures.compute(model, valid, precision=p) for p in ("float32", "bfloat16")}
+
+
+def test_auto_means_bfloat16_only_with_amx(tmp_path):
+    assert resolve_precision("auto", frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})) == "bfloat16"
+    assert resolve_precision("auto", frozenset({"avx512_bf16", "avx512f"})) == "float32"
+    assert resolve_precision("bfloat16", frozenset()) == "bfloat16"
+    with pytest.raises(ValueError, match="one of"):
+        resolve_precision("float16")
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
+    assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_the_copy_computes_in_bfloat16_and_leaves_the_encoder_float32(model):
+    copy = bfloat16_copy(model.image_encoder)
+    images = np.random.default_rng(0).uniform(0, 255, (2, *model.image_encoder.input.shape[1:])).astype("float32")
+    assert keras.backend.standardize_dtype(copy(images).dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(model.image_encoder(images).dtype) == "float32"
+    assert all(str(w.dtype) == "float32" for w in copy.weights)
+    for a, b in zip(copy.get_weights(), model.image_encoder.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_features_are_float32_close_to_float32_ones_and_keyed_apart(model, both):
+    f32, b16 = both["float32"], both["bfloat16"]
+    assert b16.sequence_output.dtype == np.float32 and b16.feature_maps.dtype == np.float32
+    np.testing.assert_array_equal(b16.text_mask, f32.text_mask)
+    mask = f32.text_mask.astype(bool)
+    err = np.linalg.norm(b16.sequence_output - f32.sequence_output, axis=-1)[mask]
+    assert np.median(err / np.linalg.norm(f32.sequence_output, axis=-1)[mask]) < 0.03
+    np.testing.assert_allclose(b16.feature_maps, f32.feature_maps, rtol=0.05, atol=0.05)
+    assert b16.source == backbone_fingerprint(model, "bfloat16") != f32.source == backbone_fingerprint(model)
+    assert f32.usable_by(model) and not b16.usable_by(model)
+
+
+def test_a_bfloat16_pass_has_a_store_of_its_own(model, valid, tmp_path):
+    stores = {p: fs.FeatureStore.build(model, {"valid": valid}, tmp_path, precision=p) for p in ("float32", "bfloat16")}
+    assert stores["float32"].folder != stores["bfloat16"].folder
+
+
+def test_the_config_names_the_precisions():
+    assert parse_config({}).feature_pass_precision == "float32"
+    assert parse_config({"feature_pass_precision": "auto"}).feature_pass_precision == "auto"
+    with pytest.raises(ConfigError, match="feature_pass_precision"):
+        parse_config({"feature_pass_precision": "float16"})
