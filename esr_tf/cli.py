@@ -203,6 +203,11 @@ def cmd_bench(args) -> int:
         from esr_tf.bench.scale import run_scale_bench as run
     elif args.suite == "search":
         from esr_tf.bench.search import run_search_bench as run
+    elif args.suite == "precision":
+        from esr_tf.bench.precision import run_precision_bench
+
+        def run(out, quick):
+            return run_precision_bench(out, quick=quick, data=args.data, model=args.model)
     else:
         from esr_tf.bench.product_text import run_text_bench
 
@@ -254,11 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--suite", default="main", choices=("main", "search", "scale", "text"),
+    p.add_argument("--suite", default="main", choices=("main", "search", "scale", "text", "precision"),
                    help="main: bench.json (pipeline, training, serving); search: search.json (catalogue "
                         "search); scale: scale.json (training memory and speed at 10k-200k pairs); text: "
-                        "text.json (what product fields and sequence length cost per pair)")
-    p.add_argument("--data", default=None, help="text suite: a catalogue folder (default: the demo shop)")
+                        "text.json (what product fields and sequence length cost per pair); precision: "
+                        "precision.json (the feature pass in float32 against bfloat16: speed, agreement)")
+    p.add_argument("--data", default=None,
+                   help="text and precision suites: a catalogue folder (default: the demo shop)")
+    p.add_argument("--model", default=None,
+                   help="precision suite: a trained model.keras whose head's agreement is measured "
+                        "(default: the untrained default model)")
     p.set_defaults(func=cmd_bench)
     for p in sub.choices.values():
         p.add_argument(
