@@ -49,6 +49,10 @@ from esr_tf.training.feature_cache import (
 log = logging.getLogger("esr_tf.training")
 
 SHARD_EXAMPLES = 8192  # examples per shard: the unit a killed feature pass recomputes
+# A photo table larger than this is read from its memory-mapped file batch by batch instead of
+# being copied into the graph (126 KB a photo at 224 px: one photo per product at ESCI scale
+# would be tens of GB). Bytes.
+PHOTOS_IN_RAM = 256 * 2**20
 # Token storage -> the split folders' suffix (the float16 stores of before had no suffix and no
 # per-token scale: never read again).
 FORMATS = {"int8": "q8", "float16": "f16"}
@@ -148,6 +152,7 @@ class FeatureStore:
         self.photos = photos  # [U, h, w, C] float16
         self.hidden = hidden
         self.sequence_length = sequence_length  # batches are padded back to it (see `dataset`)
+        self.photos_in_ram = PHOTOS_IN_RAM  # bytes; a larger table is read from its file
 
     @classmethod
     def build(
@@ -223,19 +228,37 @@ class FeatureStore:
         # One input shape, so Keras traces its step once (as on the in-RAM cache); the disk keeps
         # only the real tokens.
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-        table = tf.constant(self.photos)
+        photo_maps = self._photo_lookup()
         weights = None if class_weights is None else tf.constant(np.asarray(class_weights, np.float32))
 
         @tf.autograph.experimental.do_not_convert
         def finish(records):
             x = self._parse_batch(records)
             labels = x.pop("label")
-            x["feature_map"] = tf.cast(tf.gather(table, x.pop("image_index")), tf.float32)
+            x["feature_map"] = photo_maps(x.pop("image_index"))
             if not with_labels:
                 return x
             return (x, *targets_and_weights(labels, gains, None if weights is None else tf.gather(weights, labels)))
 
         return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    def _photo_lookup(self):
+        """`image_index` `[B]` -> float32 feature maps `[B, h, w, C]`: gathered from a constant
+        when the table is small, else read from the memory-mapped `photos.npy` (its pages are
+        the page cache's, reclaimable, not the process's heap)."""
+        photos = self.photos
+        if photos.nbytes <= self.photos_in_ram:
+            table = tf.constant(photos)
+            return lambda index: tf.cast(tf.gather(table, index), tf.float32)
+
+        def read(index: np.ndarray) -> np.ndarray:
+            return np.asarray(photos[index], np.float32)
+
+        def lookup(index):
+            maps = tf.numpy_function(read, [index], tf.float32, stateful=False)
+            return tf.ensure_shape(maps, [None, *photos.shape[1:]])
+
+        return lookup
 
     def _parse_batch(self, records) -> dict[str, tf.Tensor]:
         """A batch of records as `head_model()` inputs, every example padded to the full length."""

@@ -73,6 +73,18 @@ def test_a_float16_store_is_its_own_and_agrees_to_float16_precision(model, parts
         fs.FeatureStore.build(model, parts, store.folder.parent, dtype="int4")
 
 
+def test_a_large_photo_table_is_read_from_its_file_with_the_same_maps(model, store):
+    small = next(iter(store.view("valid").dataset(batch_size=16, with_labels=False)))
+    store.photos_in_ram = 0  # every table counts as large
+    try:
+        large = next(iter(store.view("valid").dataset(batch_size=16, with_labels=False)))
+    finally:
+        store.photos_in_ram = fs.PHOTOS_IN_RAM
+    assert isinstance(store.photos, np.memmap)
+    np.testing.assert_array_equal(large["feature_map"].numpy(), small["feature_map"].numpy())
+    assert large["feature_map"].shape[1:] == small["feature_map"].shape[1:]
+
+
 def test_the_config_offers_exactly_the_store_formats():
     from esr_tf.training.config import FEATURE_STORE_DTYPES  # kept apart: config imports no TF
 
