@@ -7,9 +7,10 @@ encoder with the same (float32) weights whose layers compute under Keras's `mixe
 policy (matmuls and convolutions in bfloat16; LayerNorm, softmax and BatchNorm statistics in
 float32). The model itself, and so its training graph and its export, stays float32.
 
-`"auto"` picks bfloat16 only where the CPU has AMX tiles (`amx_bf16`). On CPUs with only
-AVX512_BF16 (AMD Zen 4) the bfloat16 pass was measured no faster than float32, and every CPU
-without either emulates bfloat16 slowly.
+`"auto"` picks bfloat16 only where the CPU has AMX tiles (`amx_bf16`). With AVX512_BF16 alone
+(AMD EPYC Zen 4) it does not pay: `esr-tf bench --suite precision` on dev_photos measured the
+text pass at 0.95x float32's time and the image pass at 1.18x; a CPU without either emulates
+bfloat16 slowly.
 
 Example:
 >>> resolve_precision("float32")
