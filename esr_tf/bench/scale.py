@@ -4,9 +4,12 @@ For synthetic catalogues of 10k, 50k and 200k judged pairs (synthetic queries an
 photos shared by many products, as on a marketplace where sellers reuse stock photos), one
 `esr-tf train` epoch runs in a fresh process with its frozen-backbone outputs in a
 `FeatureStore` on disk, and this process records that child's peak RSS (`wait4`), the store's
-bytes per pair and the examples per second of the feature pass and of training. At the smallest
-size the same epoch also runs with the outputs in RAM (`BackboneFeatures`), so the store's
-training speed has a reference measured in the same run.
+bytes per pair and the examples per second of the feature pass and of training (the whole
+`fit`, tracing, validation and checkpoints included). At the smallest size the same epoch also
+runs with the outputs in RAM (`BackboneFeatures`: its peak RSS and whole-`fit` speed), and one
+more process trains the same head from both, rounds alternating, so that the store's speed per
+example is compared side by side, in steady state: at 10k pairs ~60 % of one epoch's `fit` is
+fixed cost, which swings the whole-`fit` ratio by ±0.2 between runs.
 
 Results go to `<out>/scale.json` (`{"rows": [{"pairs", "peak_rss_gb", "store_bytes_per_pair",
 "feature_pass_ex_s", "train_ex_s"}, ...], ...}`) and `<out>/scale.md`, with the load average.
@@ -28,11 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
-from esr_tf.bench.timing import load_average, machine_info
+from esr_tf.bench.timing import StepTimer, load_average, machine_info
 
 SIZES = {False: (10_000, 50_000, 200_000), True: (2_000, 10_000)}
 TARGETS = {"peak_rss_growth": "<= 1.10", "store_bytes_per_pair": "<= 16384", "store_vs_ram_train_ex_s": ">= 1.0"}
 PHOTOS = 24
+# The side-by-side speed comparison: rounds per source and steps per round ({quick: ...}); the
+# first steps of each round (a fresh iterator fills its shuffle buffer) are not timed.
+SPEED_ROUNDS = {False: (4, 200), True: (2, 30)}
+SKIP_STEPS = 5
 _WORDS = ("red blue green black white grey navy wool cotton leather suede running trail rain winter summer kids "
           "men women slim classic waterproof sneaker sock cap hoodie jacket boot sandal mug teapot bottle "
           "backpack case headphones charger cable lamp desk chair pillow towel").split()
@@ -77,8 +84,11 @@ def synthetic_catalogue(folder: str | Path, pairs: int, *, seed: int = 0, per_qu
     return folder
 
 
+_SETS = ["epochs=1", "retrieval.epochs=0", "early_stopping_patience=0"]
+
+
 def _child_command(data: Path, run: Path, store: str, overrides: list[str]) -> list[str]:
-    sets = ["epochs=1", "retrieval.epochs=0", "early_stopping_patience=0", f"feature_store={store}", *overrides]
+    sets = [*_SETS, f"feature_store={store}", *overrides]
     code = (
         "import json, sys; from esr_tf.training.config import parse_config; "
         "from esr_tf.training.trainer import train; "
@@ -86,6 +96,45 @@ def _child_command(data: Path, run: Path, store: str, overrides: list[str]) -> l
         "print('SCALE ' + json.dumps({**r.seconds, 'train': len(r.catalogue.select('train'))}))"
     )
     return [sys.executable, "-c", code, str(data), str(run), *sets]
+
+
+def compare_training_speed(data: str, out_dir: str, store: str, overrides: list[str], rounds: int,
+                           steps: int) -> dict:
+    """Examples per second of the same compiled head trained from `store` and from RAM, in one
+    process, `rounds` rounds of `steps` steps each, alternating which goes first; the train
+    step is traced before the first timed round. Runs in the child `_speed_command` starts."""
+    from dataclasses import replace
+
+    from esr_tf.training import trainer
+    from esr_tf.training.config import parse_config
+
+    config = parse_config({"data": data, "out_dir": out_dir}, [*_SETS, f"feature_store={store}", *overrides])
+    strategy, config, catalogue = trainer._prepare_run(config, None, overwrite=True)
+    trainee = trainer._build_trainee(config, catalogue, strategy)
+    sources = {}
+    for name, cfg in (("store", config), ("ram", replace(config, feature_store=""))):
+        features = trainer._backbone_features(cfg, trainee, None, verbose=0)
+        sources[name] = trainer._datasets(cfg, trainee, features, strategy)[0]
+    trainee.fitted.fit(sources["ram"], epochs=1, steps_per_epoch=SKIP_STEPS + 2, verbose=0)  # traces the step
+    rates: dict[str, list[float]] = {"store": [], "ram": []}
+    for r in range(rounds):
+        for name in ("store", "ram") if r % 2 == 0 else ("ram", "store"):
+            timer = StepTimer()
+            trainee.fitted.fit(sources[name], epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+            rates[name].append(timer.steps_per_second(skip=SKIP_STEPS) * config.batch_size)
+    ratios = [s / r for s, r in zip(rates["store"], rates["ram"], strict=True)]
+    return {"store_ex_s": rates["store"], "ram_ex_s": rates["ram"], "ratios": ratios,
+            "ratio": float(np.median(ratios)), "steps_per_round": steps, "timed_from_step": SKIP_STEPS}
+
+
+def _speed_command(data: Path, run: Path, store: Path, overrides: list[str], quick: bool) -> list[str]:
+    rounds, steps = SPEED_ROUNDS[quick]
+    code = (
+        "import json, sys; from esr_tf.bench.scale import compare_training_speed as c; "
+        "r = c(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[6:], int(sys.argv[4]), int(sys.argv[5])); "
+        "print('SCALE ' + json.dumps(r))"
+    )
+    return [sys.executable, "-c", code, str(data), str(run), str(store), str(rounds), str(steps), *overrides]
 
 
 def run_scale_bench(
@@ -111,18 +160,23 @@ def run_scale_bench(
         stored = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
         rows.append({"pairs": pairs, "peak_rss_gb": child["peak_rss_gb"], "store_bytes_per_pair": stored / pairs,
                      "feature_pass_ex_s": pairs / child["features"], "train_ex_s": child["train"] / child["fit"]})
-        if ram is None:  # the reference: the same epoch with the outputs in RAM
+        if ram is None:  # the reference: the same epoch with the outputs in RAM, then both side by side
             ram = _measured(_child_command(data, out / f"run_{pairs}_ram", "", overrides), out / f"run_{pairs}_ram.log")
             ram = {"pairs": pairs, "peak_rss_gb": ram["peak_rss_gb"], "train_ex_s": ram["train"] / ram["fit"]}
+            speed = _measured(_speed_command(data, out / f"run_{pairs}_speed", store, overrides, quick),
+                              out / f"run_{pairs}_speed.log")
+            speed = {"pairs": pairs, **{k: v for k, v in speed.items() if k != "peak_rss_gb"}}
         loads.append(load_average())
     result = {
         "rows": rows,
         "in_ram_reference": ram,
+        "side_by_side": speed,
         "figures": {
             "peak_rss_growth": rows[-1]["peak_rss_gb"] / rows[0]["peak_rss_gb"],
             "store_bytes_per_pair": max(r["store_bytes_per_pair"] for r in rows),
-            "store_vs_ram_train_ex_s": rows[0]["train_ex_s"] / ram["train_ex_s"],
+            "store_vs_ram_train_ex_s": speed["ratio"],
         },
+        "whole_fit_store_vs_ram": rows[0]["train_ex_s"] / ram["train_ex_s"],
         "targets": TARGETS,
         "load_average": loads,
         "machine": machine_info(),
@@ -154,9 +208,14 @@ def _markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['pairs']:,} | {r['peak_rss_gb']:.2f} | {r['store_bytes_per_pair']:,.0f} | "
                      f"{r['feature_pass_ex_s']:.0f} | {r['train_ex_s']:.0f} |")
-    ram = result["in_ram_reference"]
+    ram, speed = result["in_ram_reference"], result["side_by_side"]
     lines += ["", f"In RAM at {ram['pairs']:,} pairs: peak RSS {ram['peak_rss_gb']:.2f} GB, train "
-              f"{ram['train_ex_s']:.0f} ex/s.", "", "| figure | value | target |", "|---|---|---|"]
+              f"{ram['train_ex_s']:.0f} ex/s (whole fit; store / RAM {result['whole_fit_store_vs_ram']:.2f}).",
+              "", f"Side by side, {speed['steps_per_round']} steps a round, ex/s: store "
+              f"{', '.join(f'{v:.0f}' for v in speed['store_ex_s'])}; RAM "
+              f"{', '.join(f'{v:.0f}' for v in speed['ram_ex_s'])}; ratios "
+              f"{', '.join(f'{v:.3f}' for v in speed['ratios'])} (median {speed['ratio']:.3f}).",
+              "", "| figure | value | target |", "|---|---|---|"]
     for name, value in result["figures"].items():
         lines.append(f"| {name} | {value:.3f} | {result['targets'][name]} |")
     lines += ["", f"Load average (1 / 5 / 15 min) before and after each size: {result['load_average']}"]

@@ -12,10 +12,12 @@ from esr_tf.models.builder import TINY_MODEL
 
 @pytest.mark.slow
 def test_scale_suite_writes_every_figure(tmp_path):
+    from esr_tf.bench import scale
     from esr_tf.bench.scale import run_scale_bench
 
     tiny = [f"model.{k}={v}" for k, v in TINY_MODEL.items()]
-    run_scale_bench(tmp_path, overrides=[*tiny, "batch_size=64"], sizes=(300,))  # + the in-RAM run
+    # + the in-RAM run and the side-by-side speed run
+    run_scale_bench(tmp_path, quick=True, overrides=[*tiny, "batch_size=64"], sizes=(300,))
     result = json.loads((tmp_path / "scale.json").read_text())
     assert [r["pairs"] for r in result["rows"]] == [300]
     for row in result["rows"]:
@@ -23,5 +25,9 @@ def test_scale_suite_writes_every_figure(tmp_path):
             assert math.isfinite(row[key]) and row[key] > 0, key
     assert result["in_ram_reference"]["pairs"] == 300
     assert set(result["figures"]) == set(result["targets"])
+    speed = result["side_by_side"]
+    rounds, _ = scale.SPEED_ROUNDS[True]
+    assert len(speed["store_ex_s"]) == len(speed["ram_ex_s"]) == len(speed["ratios"]) == rounds
+    assert min(speed["ratios"]) <= result["figures"]["store_vs_ram_train_ex_s"] <= max(speed["ratios"])
     assert (tmp_path / "scale_300" / "features").is_dir()
     assert "| pairs |" in (tmp_path / "scale.md").read_text()
