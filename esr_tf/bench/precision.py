@@ -11,8 +11,9 @@ process, the model's own float32 encoders and their bfloat16 copies (`FrozenEnco
   difference. The head is the model's: a trained one with `--model`, else a random init (its
   label agreement then says little).
 
-`feature_pass_precision: auto` picks bfloat16 only where the CPU has AMX tiles; the CPU's
-bfloat16 flags are in the result. Results go to `<out>/precision.json` and `precision.md`.
+`auto_choice`: what `feature_pass_precision: auto` picks on this machine for these pairs and
+photos (its own timing, `FrozenEncoders.pass_seconds`, with the estimated pass seconds); the
+CPU's bfloat16 flags are in the result. Results go to `<out>/precision.json` and `precision.md`.
 
 Example:
 >>> result = run_precision_bench("esr_bench", quick=True, model_overrides=TINY_MODEL)  # doctest: +SKIP
@@ -32,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.bench.timing import load_average, machine_info
-from esr_tf.models.precision import cpu_flags
+from esr_tf.models.precision import cpu_flags, faster_precision
 
 PRECISIONS = ("float32", "bfloat16")
 BATCH = 32
@@ -111,12 +112,16 @@ def run_precision_bench(out_dir: str | Path, quick: bool = False, *, data: str |
         ids = tokenize_columns(relevance.preprocessor, columns, 256)
         paths = sorted({str(p) for p in columns["image"] if p})
         speed = _speed(relevance, encoders, ids, _photo_batch(relevance, paths), rounds=2 if quick else 5)
-        features = {p: BackboneFeatures.compute(relevance, columns, precision=p) for p in PRECISIONS}
+        length = relevance.preprocessor.sequence_length
+        auto = {p: e.pass_seconds(length, pairs, len(paths) if relevance.reads_photos else 0)
+                for p, e in encoders.items()}
+        features = {p: BackboneFeatures.compute(relevance, columns, encoders=e) for p, e in encoders.items()}
         agreement = _agreement(relevance, features)
     load["after"] = load_average()
     flags = cpu_flags()
     result = {"speed": speed, "agreement": agreement, "pairs": pairs, "photos": len(paths), "batch": BATCH,
               "bfloat16_over_float32": {k: speed["bfloat16"][k] / speed["float32"][k] for k in speed["float32"]},
+              "auto_choice": {"precision": faster_precision(auto), "estimated_pass_seconds": auto},
               "cpu_bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
               "data": str(data) if data else "demo shop", "model": str(model) if model else "untrained",
               "load_average": load, "machine": machine_info(), "quick": quick}
@@ -135,6 +140,9 @@ def precision_markdown(result: dict) -> str:
                  f"({100 * a['token']['p99']:.2f} % p99), photo feature maps {100 * a['photo']['mean']:.2f} % "
                  f"mean; head ({result['model']}): {100 * a['same_label']:.1f} % same labels, largest "
                  f"probability difference {a['max_probability_difference']:.3f}.")
+    auto = result["auto_choice"]
+    lines.append(f"\n`feature_pass_precision: auto` picks {auto['precision']} here (pass estimated at "
+                 + ", ".join(f"{v:.1f} s in {k}" for k, v in auto["estimated_pass_seconds"].items()) + ").")
     lines.append(f"\n{result['pairs']} pairs, {result['photos']} photos of {result['data']}; CPU bfloat16 flags: "
                  f"{', '.join(result['cpu_bf16_flags']) or 'none'}; load average before / after: "
                  f"{result['load_average']['before']} / {result['load_average']['after']}.")

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.models.precision import cpu_flags
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (Linux), else `platform.processor()`."""
@@ -45,17 +47,13 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
+    flags = cpu_flags()
     return {
         "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": usable,
-        "avx512f": " avx512f " in f" {flags.split(':', 1)[-1].strip()} ",
+        "avx512f": "avx512f" in flags,
+        "amx_bf16": "amx_bf16" in flags,
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "python": platform.python_version(),
         "tensorflow": tf.__version__,

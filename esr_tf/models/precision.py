@@ -1,22 +1,26 @@
 """bfloat16 copies of the frozen encoders, for the feature pass on CPUs with bfloat16 matrix units.
 
 With both backbones frozen, their outputs are computed once (the feature pass) and the head
-trains on them. On Intel Xeons with AMX, `tf.matmul` 2048² runs at 444 GFLOP/s in bfloat16
-against 197 in float32 (#17), so the pass can run there in bfloat16: `bfloat16_copy` gives an
-encoder with the same (float32) weights whose layers compute under Keras's `mixed_bfloat16`
-policy (matmuls and convolutions in bfloat16; LayerNorm, softmax and BatchNorm statistics in
-float32). The model itself, and so its training graph and its export, stays float32.
+trains on them. On Intel Xeons with AMX, `tf.matmul` 2048² runs 3-4x faster in bfloat16 (#17:
+444 against 197 GFLOP/s; 1,118 against 302 on this project's test Xeon), so the pass may run in
+bfloat16: `bfloat16_copy` gives an encoder
+with the same (float32) weights whose layers compute under Keras's `mixed_bfloat16` policy
+(matmuls and convolutions in bfloat16; LayerNorm, softmax and BatchNorm statistics in float32).
+The model itself, and so its training graph and its export, stays float32.
 
-`"auto"` picks bfloat16 only where the CPU has AMX tiles (`amx_bf16`). With AVX512_BF16 alone
-(AMD EPYC Zen 4) it does not pay: `esr-tf bench --suite precision` on dev_photos measured the
-text pass at 0.95x float32's time and the image pass at 1.18x; a CPU without either emulates
-bfloat16 slowly.
+Fast matmuls do not make a fast pass: `esr-tf bench --suite precision` on dev_photos measured
+the bfloat16 text pass at 0.93x float32's time and the image pass at 1.38x on a Xeon with AMX
+(where `tf.matmul` at BERT's shapes ran 3.3x faster in bfloat16: the elementwise ops, GELU,
+casts and depthwise convolutions are slower in bfloat16 on CPU), and at 0.95x / 1.18x on an
+AMD EPYC Zen 4 (AVX512_BF16, no AMX). So no CPU flag is taken to mean it pays: `"auto"` times
+both on this machine before the pass and keeps bfloat16 only where the pass as a whole would
+be at least `AUTO_SPEEDUP` times faster (`faster_precision`; see `FrozenEncoders.of`).
 
 Example:
->>> resolve_precision("float32")
+>>> check_precision("auto")
+'auto'
+>>> faster_precision({"float32": 1.88, "bfloat16": 1.74})  # dev_photos text pass, AMX Xeon, ms / pair
 'float32'
->>> resolve_precision("auto") in ("float32", "bfloat16")
-True
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import keras
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 BFLOAT16_POLICY = "mixed_bfloat16"
+AUTO_SPEEDUP = 1.15  # how much faster bfloat16 must time to be picked by "auto"
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -41,14 +46,22 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
-def resolve_precision(precision: str, flags: frozenset[str] | None = None) -> str:
-    """`"float32"` or `"bfloat16"`: `precision` itself, or for `"auto"` bfloat16 where the CPU
-    has AMX bfloat16 tiles (`flags`: `cpu_flags()` unless given)."""
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of `PRECISIONS`, else `ValueError`."""
     if precision not in PRECISIONS:
         raise ValueError(f"feature pass precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "auto":
-        return precision
-    return "bfloat16" if "amx_bf16" in (cpu_flags() if flags is None else flags) else "float32"
+    return precision
+
+
+def faster_precision(seconds: dict[str, float]) -> str:
+    """`"bfloat16"` where its estimated pass (`seconds`: precision -> seconds) is at least
+    `AUTO_SPEEDUP` times faster than float32's, else `"float32"` (the default stays where the
+    gain is within a timing's noise).
+
+    >>> faster_precision({"float32": 10.0, "bfloat16": 9.5}), faster_precision({"float32": 10.0, "bfloat16": 5.0})
+    ('float32', 'bfloat16')
+    """
+    return "bfloat16" if seconds["bfloat16"] * AUTO_SPEEDUP <= seconds["float32"] else "float32"
 
 
 def bfloat16_copy(encoder: keras.Model) -> keras.Model:

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -23,9 +25,11 @@ import tensorflow as tf
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.labels import ESCI
-from esr_tf.models.precision import bfloat16_copy, resolve_precision
+from esr_tf.models.precision import bfloat16_copy, check_precision, faster_precision
 from esr_tf.models.relevance_backbone import TEXT_INPUTS
 from esr_tf.preprocessing.pipeline import AUTOTUNE, require_columns
+
+log = logging.getLogger("esr_tf.training")
 
 # Columns whose values decide an example's features (and so whether stored ones can be reused).
 DIGEST_KEYS = ("query", *PRODUCT_TEXT_FIELDS, "image", "label")
@@ -64,12 +68,43 @@ class FrozenEncoders:
     precision: str = "float32"
 
     @classmethod
-    def of(cls, model, precision: str = "float32") -> FrozenEncoders:
-        """`precision`: `"float32"`, `"bfloat16"` or `"auto"` (`models.precision.resolve_precision`)."""
-        precision = resolve_precision(precision)
+    def of(cls, model, precision: str = "float32", *, pairs: int = 1, photos: int = 0) -> FrozenEncoders:
+        """`precision`: `"float32"` (the model's own encoders), `"bfloat16"` (copies) or `"auto"`:
+        both timed here on a few blank batches, and the one whose pass over `pairs` examples and
+        `photos` distinct photos would be faster (`models.precision.faster_precision`), logged."""
+        own = cls(model.text_encoder, model.image_encoder)
+        if check_precision(precision) == "float32":
+            return own
+        copies = cls(bfloat16_copy(model.text_encoder), bfloat16_copy(model.image_encoder), "bfloat16")
         if precision == "bfloat16":
-            return cls(bfloat16_copy(model.text_encoder), bfloat16_copy(model.image_encoder), precision)
-        return cls(model.text_encoder, model.image_encoder, precision)
+            return copies
+        length = model.preprocessor.sequence_length
+        seconds = {e.precision: e.pass_seconds(length, pairs, photos if model.reads_photos else 0)
+                   for e in (own, copies)}
+        chosen = faster_precision(seconds)
+        log.info("feature_pass_precision auto: %s (pass timed at %.1f s in float32, %.1f s in bfloat16)",
+                 chosen, seconds["float32"], seconds["bfloat16"])
+        return copies if chosen == "bfloat16" else own
+
+    def pass_seconds(self, length: int, pairs: int, photos: int, *, batch: int = 32, repeats: int = 3) -> float:
+        """Estimated seconds of a pass over `pairs` examples of `length` tokens and `photos`
+        photos: the best of `repeats` timed blank batches of each encoder, after tracing."""
+        text = {"token_ids": tf.zeros([batch, length], tf.int32), "segment_ids": tf.zeros([batch, length], tf.int32),
+                "padding_mask": tf.ones([batch, length], tf.int32)}
+        calls = [(traced_text_encoder(self.encode_text), text, pairs / batch)]
+        if photos:
+            images = tf.zeros([batch, *self.image.input.shape[1:]])
+            calls.append((tf.function(lambda x: self.image(x, training=False)), images, photos / batch))
+        total = 0.0
+        for fn, inputs, batches in calls:
+            tf.nest.map_structure(np.asarray, fn(inputs))  # traces
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                tf.nest.map_structure(np.asarray, fn(inputs))
+                times.append(time.perf_counter() - start)
+            total += min(times) * batches
+        return total
 
     def encode_text(self, packed, training=None) -> dict:
         """`RelevanceModel.encode_text` through these encoders."""
@@ -212,14 +247,15 @@ class BackboneFeatures:
     @classmethod
     def compute(
         cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0,
-        precision: str = "float32",
+        precision: str = "float32", encoders: FrozenEncoders | None = None,
     ):
-        """`precision`: the encoders' (`FrozenEncoders.of`); the outputs are float32 either way."""
-        encoders = FrozenEncoders.of(model, precision)
-        ids = tokenize_columns(model.preprocessor, columns, batch_size)
-        text = encode_text_rows(encoders.encode_text, ids, batch_size, verbose)
+        """`precision`: the encoders' (`FrozenEncoders.of`), or `encoders` already made from
+        `model`; the outputs are float32 either way."""
         paths = [str(p) for p in np.asarray(columns["image"], dtype=object).tolist()]
         unique = sorted({p for p in paths if p}) if model.reads_photos else []
+        encoders = encoders or FrozenEncoders.of(model, precision, pairs=len(paths), photos=len(unique))
+        ids = tokenize_columns(model.preprocessor, columns, batch_size)
+        text = encode_text_rows(encoders.encode_text, ids, batch_size, verbose)
         row = {p: i for i, p in enumerate(unique)}
         image_index = np.array([row.get(p, 0) for p in paths], dtype=np.int32)
         has_image = np.array([1.0 if p else 0.0 for p in paths], dtype=np.float32)

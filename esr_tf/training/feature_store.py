@@ -171,11 +171,13 @@ class FeatureStore:
         (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens; `precision`:
         the encoders', see `FrozenEncoders.of`: a bfloat16 pass has a store of its own)."""
         _check_dtype(dtype)
-        encoders = FrozenEncoders.of(model, precision)
+        parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
+        paths = _photo_paths(parts)
+        encoders = FrozenEncoders.of(model, precision, pairs=sum(len(c["query"]) for c in parts.values()),
+                                     photos=len(paths))
         folder = Path(root) / backbone_fingerprint(model, encoders.precision)[:20]
         folder.mkdir(parents=True, exist_ok=True)
-        parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
-        photos, rows, photo_digest = _photo_table(model, encoders.image, folder, parts, batch_size, verbose)
+        photos, rows, photo_digest = _photo_table(model, encoders.image, folder, paths, batch_size, verbose)
         hidden = text_hidden(model)
         encode = traced_text_encoder(encoders.encode_text)  # traced once, for every shard
         splits = {
@@ -310,9 +312,14 @@ def _split_folder(folder: Path, split: str, cols, photo_digest: str, dtype: str)
     return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}"
 
 
-def _photo_table(model, encoder, folder: Path, parts, batch_size: int,
+def _photo_paths(parts) -> list[str]:
+    """Every distinct photo of the splits' columns, sorted."""
+    return sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"], dtype=object).tolist() if p})
+
+
+def _photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int,
                  verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
-    """`photos.npy` ([U, h, w, C] float16, every distinct photo of `parts` once), its rows and
+    """`photos.npy` ([U, h, w, C] float16, each of `paths` (`_photo_paths`) once), its rows and
     the digest of its photo list.
 
     Reused when it holds exactly these photos; rewritten (whole) when the photos differ. Shard
@@ -320,7 +327,6 @@ def _photo_table(model, encoder, folder: Path, parts, batch_size: int,
     """
     if not model.reads_photos:  # text_only: one zero row, nothing stored
         return photo_feature_maps(model, [], batch_size).astype(np.float16), {}, "nophoto"
-    paths = sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"], dtype=object).tolist() if p})
     rows = {p: i for i, p in enumerate(paths)}
     table, index = folder / "photos.npy", folder / "photos.json"
     digest = examples_digest({"image": np.array(paths)})

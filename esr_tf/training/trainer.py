@@ -30,7 +30,7 @@ import tensorflow as tf
 from esr_tf.data import Catalogue, generate_demo_shop, load_catalogue
 from esr_tf.labels import LabelSet
 from esr_tf.models.builder import build_relevance_model
-from esr_tf.models.precision import resolve_precision
+from esr_tf.models.precision import check_precision
 from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.augment import hide_colour_words
 from esr_tf.training.config import ConfigError, TrainConfig
@@ -163,16 +163,17 @@ def training_parts(config: TrainConfig, catalogue: Catalogue, model) -> dict[str
 
 def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping],
                   precision: str = "float32") -> bool:
-    """Reusable only from the same backbones (at the same `precision`) and for the same
-    examples of every split."""
-    fingerprint = backbone_fingerprint(model, resolve_precision(precision))
+    """Reusable only from the same backbones (at the same `precision`; for `"auto"`, at
+    either) and for the same examples of every split."""
+    precisions = ("float32", "bfloat16") if check_precision(precision) == "auto" else (precision,)
+    fingerprints = [backbone_fingerprint(model, p) for p in precisions]
     for split, columns in parts.items():
         expected = len(columns["label"])
         if split not in features and expected == 0:
             continue
         feats = features.get(split)
         same_rows = feats is not None and len(feats) == expected and feats.examples == examples_digest(columns)
-        if not (same_rows and feats.usable_by(model, fingerprint)):
+        if not (same_rows and any(feats.usable_by(model, f) for f in fingerprints)):
             log.info("the backbone outputs passed in are for other encoders or examples; computing them")
             return False
     return True

@@ -21,6 +21,8 @@ def test_quick_precision_suite_writes_every_figure(tmp_path):
     assert 0 < agreement["token"]["mean"] < 0.05 and agreement["token"]["vectors"] > result["pairs"]
     assert 0 <= agreement["photo"]["mean"] < 0.05 and 0.5 <= agreement["same_label"] <= 1.0
     assert len(result["load_average"]["before"]) == 3
+    auto = result["auto_choice"]
+    assert auto["precision"] in ("float32", "bfloat16") and all(v > 0 for v in auto["estimated_pass_seconds"].values())
     assert "| feature pass |" in (tmp_path / "precision.md").read_text()
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from esr_tf.models.builder import TINY_MODEL, build_relevance_model
-from esr_tf.models.precision import bfloat16_copy, cpu_flags, resolve_precision
+from esr_tf.models.precision import AUTO_SPEEDUP, bfloat16_copy, check_precision, cpu_flags, faster_precision
 from esr_tf.training import feature_store as fs
 from esr_tf.training.config import ConfigError, parse_config
-from esr_tf.training.feature_cache import BackboneFeatures, backbone_fingerprint
+from esr_tf.training.feature_cache import BackboneFeatures, FrozenEncoders, backbone_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +29,42 @@ def both(model, valid):
     return {p: BackboneFeatures.compute(model, valid, precision=p) for p in ("float32", "bfloat16")}
 
 
-def test_auto_means_bfloat16_only_with_amx(tmp_path):
-    assert resolve_precision("auto", frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})) == "bfloat16"
-    assert resolve_precision("auto", frozenset({"avx512_bf16", "avx512f"})) == "float32"
-    assert resolve_precision("bfloat16", frozenset()) == "bfloat16"
+def test_auto_keeps_bfloat16_only_where_it_times_faster(tmp_path):
+    assert faster_precision({"float32": 10.0, "bfloat16": 9.0}) == "float32"  # within noise
+    assert faster_precision({"float32": 10.0, "bfloat16": 12.0}) == "float32"
+    assert faster_precision({"float32": 10.0, "bfloat16": 10.0 / AUTO_SPEEDUP}) == "bfloat16"
+    assert check_precision("auto") == "auto"
     with pytest.raises(ValueError, match="one of"):
-        resolve_precision("float16")
+        check_precision("float16")
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16\n")
     assert cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
     assert cpu_flags(tmp_path / "absent") == frozenset()
+
+
+def test_auto_times_both_encoders_and_takes_the_faster(model, monkeypatch, caplog):
+    timed, seconds = [], {"float32": 10.0}
+
+    def fake(self, length, pairs, photos, **kwargs):
+        timed.append((self.precision, length, pairs, photos))
+        return seconds[self.precision]
+
+    monkeypatch.setattr(FrozenEncoders, "pass_seconds", fake)
+    for seconds["bfloat16"], expected in ((9.0, "float32"), (5.0, "bfloat16")):
+        with caplog.at_level("INFO", logger="esr_tf.training"):
+            chosen = FrozenEncoders.of(model, "auto", pairs=100, photos=7)
+        assert chosen.precision == expected
+        assert (chosen.text is model.text_encoder) == (expected == "float32")
+        assert f"auto: {expected}" in caplog.text
+    length = model.preprocessor.sequence_length
+    assert timed[:2] == [("float32", length, 100, 7), ("bfloat16", length, 100, 7)]
+
+
+def test_the_timing_itself_runs_on_both_encoders(model):
+    for precision in ("float32", "bfloat16"):
+        encoders = FrozenEncoders.of(model, precision)
+        seconds = encoders.pass_seconds(model.preprocessor.sequence_length, 64, 2, batch=4, repeats=1)
+        assert 0 < seconds < 60
 
 
 def test_the_copy_computes_in_bfloat16_and_leaves_the_encoder_float32(model):
