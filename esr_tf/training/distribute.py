@@ -102,6 +102,13 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return multi and strategy.extended._in_multi_worker_mode()
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """How many worker processes `strategy` spans (each runs its own input pipeline)."""
+    if not is_multi_worker(strategy):
+        return 1
+    return strategy.cluster_resolver.cluster_spec().num_tasks("worker")
+
+
 def worker_out_dir(out_dir: str | Path, strategy: tf.distribute.Strategy) -> Path:
     """`out_dir` for the chief; `<out_dir>/worker_<index>` for the other workers.
 

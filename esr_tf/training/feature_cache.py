@@ -336,9 +336,11 @@ class BackboneFeatures:
         with_labels: bool = True,
         gains: tuple[float, ...] = ESCI.gains,
         drop_remainder: bool = False,
+        workers: int = 1,
     ) -> tf.data.Dataset:
         """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
-        weight per label, or none), as `FeatureStore.dataset` gives them."""
+        weight per label, or none), as `FeatureStore.dataset` gives them. `workers` changes
+        nothing here: every worker holds all rows in one seeded order and keeps its share."""
         x = {
             "sequence_output": self.sequence_output,
             "text_mask": self.text_mask,

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -161,7 +160,7 @@ class FeatureStore:
         parts: Mapping[str, Mapping[str, np.ndarray]],
         root: str | Path,
         *,
-        shard_examples: int = SHARD_EXAMPLES,
+        shard_examples: int | None = None,
         batch_size: int = 64,
         dtype: str = "int8",
         precision: str = "float32",
@@ -171,6 +170,7 @@ class FeatureStore:
         (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens; `precision`:
         the encoders', see `FrozenEncoders.of`: a bfloat16 pass has a store of its own)."""
         _check_dtype(dtype)
+        shard_examples = shard_examples or SHARD_EXAMPLES  # read at call time (tests shrink it)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         paths = _photo_paths(parts)
         encoders = FrozenEncoders.of(model, precision, pairs=sum(len(c["query"]) for c in parts.values()),
@@ -210,14 +210,25 @@ class FeatureStore:
         gains: tuple[float, ...] = ESCI.gains,
         drop_remainder: bool = False,
         shuffle_buffer: int = 4096,
+        workers: int = 1,
     ) -> tf.data.Dataset:
         """Batches of `head_model()` inputs (padded to the model's sequence length) with
-        `targets_and_weights` (`class_weights`: one weight per label, or none)."""
-        files = tf.data.Dataset.from_tensor_slices(self.splits[split].files)
+        `targets_and_weights` (`class_weights`: one weight per label, or none).
+
+        `workers`: how many MultiWorkerMirroredStrategy workers read it. A repeated dataset
+        with at least one shard per worker is sharded by file (each worker reads its own
+        shards); otherwise every worker reads all shards in one order and keeps its share of
+        the examples (tf.data's FILE sharding fails with fewer files than workers, and uneven
+        shards would give workers different numbers of validation steps).
+        """
+        names = self.splits[split].files
+        by_file = workers > 1 and repeat and len(names) >= workers
+        files = tf.data.Dataset.from_tensor_slices(names)
         if shuffle:
-            files = files.shuffle(len(self.splits[split].files), seed=seed, reshuffle_each_iteration=True)
+            files = files.shuffle(len(names), seed=seed, reshuffle_each_iteration=True)
+            # Sharding by example needs the same order on every worker.
             ds = files.interleave(tf.data.TFRecordDataset, cycle_length=4, num_parallel_calls=AUTOTUNE,
-                                  deterministic=False)
+                                  deterministic=workers > 1 and not by_file)
             ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
         else:  # the stored order: predictions line up with the split's rows
             ds = files.flat_map(tf.data.TFRecordDataset)
@@ -242,11 +253,17 @@ class FeatureStore:
                 return x
             return (x, *targets_and_weights(labels, gains, None if weights is None else tf.gather(weights, labels)))
 
-        return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        if workers > 1:
+            options = tf.data.Options()
+            policy = tf.data.experimental.AutoShardPolicy
+            options.experimental_distribute.auto_shard_policy = policy.FILE if by_file else policy.DATA
+            ds = ds.with_options(options)
+        return ds
 
     def _photo_lookup(self):
         """`image_index` `[B]` -> float32 feature maps `[B, h, w, C]`: gathered from a float32
-        constant when the table is small, else read from the memory-mapped `photos.npy` (its
+        constant when the table is small, else read from the memory-mapped table file (its
         pages are the page cache's, reclaimable, not the process's heap)."""
         photos = self.photos
         if 2 * photos.nbytes <= self.photos_in_ram:
@@ -319,20 +336,22 @@ def _photo_paths(parts) -> list[str]:
 
 def _photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int,
                  verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
-    """`photos.npy` ([U, h, w, C] float16, each of `paths` (`_photo_paths`) once), its rows and
-    the digest of its photo list.
+    """`photos-<digest>.npy` ([U, h, w, C] float16, each of `paths` (`_photo_paths`) once), its
+    rows and the digest of its photo list.
 
-    Reused when it holds exactly these photos; rewritten (whole) when the photos differ. Shard
+    Named by that digest, so a table is only ever written for, and read with, its own photo
+    list: two runs over other photos with the same encoders (MultiWorkerMirroredStrategy
+    workers whose paths differ, two catalogues sharing a `feature_store`) each find their own
+    instead of overwriting one table, whose rows the other's shards would then read. Shard
     folders carry the digest, as their `image_index` values are rows of this table.
     """
     if not model.reads_photos:  # text_only: one zero row, nothing stored
         return photo_feature_maps(model, [], batch_size).astype(np.float16), {}, "nophoto"
     rows = {p: i for i, p in enumerate(paths)}
-    table, index = folder / "photos.npy", folder / "photos.json"
     digest = examples_digest({"image": np.array(paths)})
-    if not (table.exists() and index.exists() and json.loads(index.read_text()).get("digest") == digest):
+    table = folder / f"photos-{digest[:16]}.npy"
+    if not table.exists():
         _atomic_write(table, lambda tmp: _write_photo_table(model, encoder, paths, tmp, batch_size, verbose))
-        _atomic_write(index, lambda tmp: tmp.write_text(json.dumps({"digest": digest, "photos": len(paths)})))
     return np.load(table, mmap_mode="r"), rows, digest
 
 

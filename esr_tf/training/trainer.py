@@ -38,6 +38,7 @@ from esr_tf.training.distribute import (
     is_multi_worker,
     local_predict,
     make_strategy,
+    num_workers,
     worker_out_dir,
 )
 from esr_tf.training.feature_cache import (
@@ -344,9 +345,11 @@ def _datasets(
     valid_batch = validation_batch_size(len(trainee.parts["valid"]["label"]), config.batch_size, strategy)
     if trainee.cached:  # in RAM (`BackboneFeatures`) or on disk (`FeatureStore` views): one interface
         train_feats, valid_feats = features["train"], features["valid"]
+        workers = num_workers(strategy)
         train_ds = train_feats.dataset(batch_size=config.batch_size, shuffle=True, seed=config.seed, repeat=True,
-                                       class_weights=weights, gains=gains)
-        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains)
+                                       class_weights=weights, gains=gains, workers=workers)
+        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains,
+                                             workers=workers)
     # distribute: workers shard the data by element, so all must see the same order.
     same_order = config.deterministic or multi
     pre = trainee.model.preprocessor

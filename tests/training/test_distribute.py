@@ -41,6 +41,9 @@ from esr_tf.training.config import parse_config
 from esr_tf.training.trainer import train
 
 for run in spec["runs"]:
+    if run.get("shard_examples"):  # a feature store of several shards: one per worker at least
+        from esr_tf.training import feature_store
+        feature_store.SHARD_EXAMPLES = run["shard_examples"]
     base = {"epochs": 1, "batch_size": 8, "demo_size": "tiny", "out_dir": run["out_dir"],
             "model": TINY_MODEL}
     try:
@@ -307,7 +310,11 @@ def multiworker_runs(tmp_path_factory):
     runs = {
         "cached": ["strategy=multiworker"],
         "full": ["strategy=multiworker", "cache_features=false", "model.freeze_image=false"],
+        # both workers find (or write) the same feature store
+        "store": ["strategy=multiworker", f"feature_store={folder / 'store'}"],
+        "store_by_file": ["strategy=multiworker", f"feature_store={folder / 'store_by_file'}"],
     }
+    shard_examples = {"store_by_file": 16}
     outputs = []
     for index in range(2):
         spec = {
@@ -318,6 +325,7 @@ def multiworker_runs(tmp_path_factory):
                     "overrides": overrides,
                     "out_dir": str(folder / name),
                     "weights": str(folder / f"{name}_{index}.npz"),
+                    "shard_examples": shard_examples.get(name),
                 }
                 for name, overrides in runs.items()
             ],
@@ -345,6 +353,22 @@ def test_multiworker_cached_head_identical_weights(multiworker_runs):
     assert Path(other["cached"]["out_dir"]) == folder / "cached" / "worker_1"
     for out in (folder / "cached", folder / "cached" / "worker_1"):
         assert (out / "model.keras").is_file() and (out / "history.csv").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["store", "store_by_file"])
+def test_multiworker_trains_from_one_feature_store(multiworker_runs, run):
+    """Both workers find (or write) one store; with a train shard per worker or more, each
+    reads its own shards (FILE sharding), else all read every shard and share the examples."""
+    folder, (chief, other) = multiworker_runs
+    for worker in (chief, other):
+        _check_no_error(worker[run])
+    assert chief[run]["loss"] == other[run]["loss"] and np.isfinite(chief[run]["loss"]).all()
+    _assert_same_weights(_weights(folder / f"{run}_0.npz"), _weights(folder / f"{run}_1.npz"))
+    # one train folder per photo table: each worker generated its own demo shop (other paths)
+    for split in (folder / run).glob("*/train-*"):
+        assert (len(list(split.glob("*.tfrecord"))) >= 2) == (run == "store_by_file"), split
+    assert not list((folder / run).rglob("*.partial"))
 
 
 @pytest.mark.slow

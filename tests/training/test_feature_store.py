@@ -7,6 +7,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from esr_tf.models.builder import TINY_MODEL, build_relevance_model
 from esr_tf.training import feature_store as fs
@@ -167,3 +168,32 @@ def test_shards_never_point_into_another_photo_table(model, parts, store, tmp_pa
     expected = head.predict(ram.dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
     got = head.predict(again.view("train").dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
     np.testing.assert_allclose(got, expected, atol=5e-3)  # int8 tokens (see the first test)
+    # each photo set keeps its own table: building the first again rewrites nothing
+    tables = sorted(store.folder.glob("photos-*.npy"))
+    assert len(tables) == 2
+    stamps = {t: t.stat().st_mtime_ns for t in tables}
+    first = fs.FeatureStore.build(model, parts, store.folder.parent, shard_examples=64)
+    assert first.splits["train"].files == store.splits["train"].files
+    assert {t: t.stat().st_mtime_ns for t in store.folder.glob("photos-*.npy")} == stamps
+    np.testing.assert_array_equal(np.asarray(first.photos), np.asarray(store.photos))
+
+
+def test_workers_read_their_own_shards_only_where_each_has_one(store):
+    """Under MultiWorkerMirroredStrategy: FILE sharding for a repeated split with a shard per
+    worker, else DATA sharding over one order (FILE fails with fewer files than workers)."""
+    policy = tf.data.experimental.AutoShardPolicy
+    shards = len(store.splits["train"].files)
+    assert shards >= 2
+
+    def chosen(**kwargs):
+        return store.view("train").dataset(batch_size=8, **kwargs).options().experimental_distribute.auto_shard_policy
+
+    assert chosen(shuffle=True, repeat=True, workers=shards) == policy.FILE
+    assert chosen(shuffle=True, repeat=True, workers=shards + 1) == policy.DATA
+    assert chosen(workers=2) == policy.DATA  # not repeated (validation): uneven shards, uneven steps
+    assert chosen(shuffle=True, repeat=True) == policy.AUTO  # one worker: nothing set
+    # sharded by example, every worker must draw the same order
+    a, b = ([x["token_ids"].numpy() for x, *_ in store.view("train").dataset(
+        batch_size=8, shuffle=True, seed=3, workers=shards + 1).take(4)] for _ in range(2))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
