@@ -168,11 +168,15 @@ class FeatureStore:
     ) -> FeatureStore:
         """Writes (or finds) the outputs of `model`'s frozen encoders for each split's columns
         (`dtype`: `"int8"` tokens with a float16 scale each, or `"float16"` tokens; `precision`:
-        the encoders', see `FrozenEncoders.of`: a bfloat16 pass has a store of its own)."""
+        the encoders', see `FrozenEncoders.of`: a bfloat16 pass has a store of its own; `"auto"`
+        takes a store of either precision already under `root` for these encoders, untimed)."""
         _check_dtype(dtype)
         shard_examples = shard_examples or SHARD_EXAMPLES  # read at call time (tests shrink it)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
         paths = _photo_paths(parts)
+        if precision == "auto":  # a rerun keeps the store it started, whatever a new timing says
+            precision = next((p for p in ("float32", "bfloat16")
+                              if (Path(root) / backbone_fingerprint(model, p)[:20]).is_dir()), "auto")
         encoders = FrozenEncoders.of(model, precision, pairs=sum(len(c["query"]) for c in parts.values()),
                                      photos=len(paths))
         folder = Path(root) / backbone_fingerprint(model, encoders.precision)[:20]

@@ -60,6 +60,17 @@ def test_auto_times_both_encoders_and_takes_the_faster(model, monkeypatch, caplo
     assert timed[:2] == [("float32", length, 100, 7), ("bfloat16", length, 100, 7)]
 
 
+def test_auto_reuses_the_store_a_run_started_without_timing_again(model, valid, tmp_path, monkeypatch):
+    started = fs.FeatureStore.build(model, {"valid": valid}, tmp_path, precision="bfloat16")
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(FrozenEncoders, "pass_seconds", no_timing)
+    again = fs.FeatureStore.build(model, {"valid": valid}, tmp_path, precision="auto")
+    assert again.folder == started.folder and again.splits["valid"].files == started.splits["valid"].files
+
+
 def test_the_timing_itself_runs_on_both_encoders(model):
     for precision in ("float32", "bfloat16"):
         encoders = FrozenEncoders.of(model, precision)
