@@ -150,6 +150,11 @@ def examples_digest(columns: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def distinct_photos(*parts: Mapping[str, np.ndarray]) -> list[str]:
+    """Every distinct image path (not "") of the column sets' `image` columns, sorted."""
+    return sorted({str(p) for cols in parts for p in np.asarray(cols["image"], dtype=object).tolist() if p})
+
+
 def traced_text_encoder(encode_text, keys=("token_ids", "segment_ids", "padding_mask")):
     """`encode_text` as one `tf.function` over `[batch, length]` int32 ids of any size (traced
     once; reuse it across calls of `encode_text_rows`)."""
@@ -252,7 +257,7 @@ class BackboneFeatures:
         """`precision`: the encoders' (`FrozenEncoders.of`), or `encoders` already made from
         `model`; the outputs are float32 either way."""
         paths = [str(p) for p in np.asarray(columns["image"], dtype=object).tolist()]
-        unique = sorted({p for p in paths if p}) if model.reads_photos else []
+        unique = distinct_photos(columns) if model.reads_photos else []
         encoders = encoders or FrozenEncoders.of(model, precision, pairs=len(paths), photos=len(unique))
         ids = tokenize_columns(model.preprocessor, columns, batch_size)
         text = encode_text_rows(encoders.encode_text, ids, batch_size, verbose)

@@ -37,6 +37,7 @@ from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.training.feature_cache import (
     FrozenEncoders,
     backbone_fingerprint,
+    distinct_photos,
     encode_text_rows,
     examples_digest,
     photo_feature_maps,
@@ -173,7 +174,7 @@ class FeatureStore:
         _check_dtype(dtype)
         shard_examples = shard_examples or SHARD_EXAMPLES  # read at call time (tests shrink it)
         parts = {s: cols for s, cols in parts.items() if len(cols["query"])}
-        paths = _photo_paths(parts)
+        paths = distinct_photos(*parts.values())
         if precision == "auto":  # a rerun keeps the store it started, whatever a new timing says
             precision = next((p for p in ("float32", "bfloat16")
                               if (Path(root) / backbone_fingerprint(model, p)[:20]).is_dir()), "auto")
@@ -333,14 +334,9 @@ def _split_folder(folder: Path, split: str, cols, photo_digest: str, dtype: str)
     return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}"
 
 
-def _photo_paths(parts) -> list[str]:
-    """Every distinct photo of the splits' columns, sorted."""
-    return sorted({str(p) for cols in parts.values() for p in np.asarray(cols["image"], dtype=object).tolist() if p})
-
-
 def _photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int,
                  verbose: int) -> tuple[np.ndarray, dict[str, int], str]:
-    """`photos-<digest>.npy` ([U, h, w, C] float16, each of `paths` (`_photo_paths`) once), its
+    """`photos-<digest>.npy` ([U, h, w, C] float16, each of `paths` (`distinct_photos`) once), its
     rows and the digest of its photo list.
 
     Named by that digest, so a table is only ever written for, and read with, its own photo
@@ -352,7 +348,7 @@ def _photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int
     if not model.reads_photos:  # text_only: one zero row, nothing stored
         return photo_feature_maps(model, [], batch_size).astype(np.float16), {}, "nophoto"
     rows = {p: i for i, p in enumerate(paths)}
-    digest = examples_digest({"image": np.array(paths)})
+    digest = examples_digest({"image": np.array(paths, dtype=object)})  # not a fixed-width copy
     table = folder / f"photos-{digest[:16]}.npy"
     if not table.exists():
         _atomic_write(table, lambda tmp: _write_photo_table(model, encoder, paths, tmp, batch_size, verbose))
