@@ -31,7 +31,7 @@ from esr_tf.bench.serving import (  # noqa: F401  (serving measurements: re-expo
 )
 from esr_tf.bench.timing import StepTimer, forward_ms_per_example, text_inputs
 from esr_tf.preprocessing.pipeline import make_dataset, raw_dataset
-from esr_tf.training.feature_cache import BackboneFeatures, targets
+from esr_tf.training.feature_cache import BackboneFeatures, length_multiple_for, targets
 from esr_tf.training.losses import RelevanceLoss
 
 FLOPS_FORMULA = (
@@ -157,7 +157,8 @@ def measure_head_training(
     head = model.head_model()
     compile_for_training(head, model, jit_compile=True if jit else "auto")
     ds = feats.dataset(
-        batch_size=batch_size, shuffle=True, repeat=True, gains=tuple(model.label_set.gains)
+        batch_size=batch_size, shuffle=True, repeat=True, gains=tuple(model.label_set.gains),
+        length_multiple=length_multiple_for(head),
     )
     return _timed_fit(head, ds, batch_size=batch_size, warmup=warmup, steps=steps)
 

@@ -21,7 +21,7 @@ import numpy as np
 from esr_tf.data import Catalogue
 from esr_tf.preprocessing.pipeline import make_dataset
 from esr_tf.training.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
-from esr_tf.training.feature_cache import BackboneFeatures
+from esr_tf.training.feature_cache import BackboneFeatures, length_multiple_for
 from esr_tf.training.metrics import evaluation_report, write_metrics_json
 from esr_tf.training.plots import (
     plot_attention_grid,
@@ -44,8 +44,10 @@ def predict_columns(
 
 def predict_features(model, features: BackboneFeatures, *, batch_size: int = 64) -> dict[str, np.ndarray]:
     """`probabilities` and `score` from cached backbone outputs, via `model.head_model()`."""
-    out = model.head_model().predict(
-        features.dataset(batch_size=batch_size, with_labels=False), verbose=0
+    head = model.head_model()
+    out = head.predict(
+        features.dataset(batch_size=batch_size, with_labels=False, length_multiple=length_multiple_for(head)),
+        verbose=0,
     )
     return {"probabilities": np.asarray(out["probabilities"]), "score": np.asarray(out["score"])}
 

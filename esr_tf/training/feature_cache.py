@@ -52,6 +52,48 @@ def targets_and_weights(labels, gains, sample_weights=None) -> tuple:
     return targets(labels, gains), {"probabilities": sample_weights, "score": sample_weights}
 
 
+# The head's per-token inputs: what a batch cuts to its own length (`cut_text`).
+TEXT_KEYS = ("sequence_output", "text_mask", "token_ids", "segment_ids")
+# Under XLA every batch length compiles a program of its own: lengths are rounded up to this
+# (at most 4 programs at L=32). Without XLA, one trace serves every length.
+XLA_LENGTH_MULTIPLE = 8
+
+
+def length_multiple_for(model: keras.Model) -> int:
+    """`length_multiple` for the datasets a compiled `model` trains or predicts on."""
+    return XLA_LENGTH_MULTIPLE if getattr(model, "jit_compile", False) else 1
+
+
+def text_extent(text_mask: np.ndarray) -> np.ndarray:
+    """`[N]`: one past each row's last text token (1 for a row without any)."""
+    mask = np.asarray(text_mask) != 0
+    last = mask.shape[1] - np.argmax(mask[:, ::-1], axis=1)
+    return np.where(mask.any(axis=1), last, 1)
+
+
+def batch_length(longest, multiple: int, full: int):
+    """A batch's text length: its `longest` example rounded up to `multiple`, at most `full`."""
+    longest = tf.maximum(tf.cast(longest, tf.int32), 1)
+    return tf.minimum(full, (longest + multiple - 1) // multiple * multiple)
+
+
+def cut_text(x: dict, full: int, multiple: int | None) -> dict:
+    """`x` with its `TEXT_KEYS` (`full` tokens long) cut to the batch's longest text
+    (`batch_length`); unchanged when `multiple` is None.
+
+    Every position past an example's text is masked in the head, so the outputs are the same
+    as at the full length: the cut only skips work on padding (the head's step runs ~1.35x as
+    many examples a second at 12 tokens as at 32, 2-core Xeon).
+    """
+    if multiple is None:
+        return x
+    mask = x["text_mask"]
+    used = tf.reduce_any(tf.not_equal(mask, 0), axis=0)  # columns any example's text reaches
+    last = tf.reduce_max(tf.where(used, tf.range(1, tf.shape(mask)[1] + 1), 0))
+    length = batch_length(last, multiple, full)
+    return {**x, **{k: x[k][:, :length] for k in TEXT_KEYS}}
+
+
 @dataclass(frozen=True)
 class FrozenEncoders:
     """The encoders a feature pass runs: the model's own (float32), or bfloat16 copies of them
@@ -342,10 +384,14 @@ class BackboneFeatures:
         gains: tuple[float, ...] = ESCI.gains,
         drop_remainder: bool = False,
         workers: int = 1,
+        length_multiple: int | None = 1,
     ) -> tf.data.Dataset:
         """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
         weight per label, or none), as `FeatureStore.dataset` gives them. `workers` changes
-        nothing here: every worker holds all rows in one seeded order and keeps its share."""
+        nothing here: every worker holds all rows in one seeded order and keeps its share.
+
+        Each batch's text is cut to its longest example, rounded up to `length_multiple`
+        (`length_multiple_for` the compiled model; None keeps the full sequence length)."""
         x = {
             "sequence_output": self.sequence_output,
             "text_mask": self.text_mask,
@@ -364,10 +410,11 @@ class BackboneFeatures:
         if repeat:
             ds = ds.repeat()
         table = tf.constant(self.feature_maps)
+        full = self.text_mask.shape[1]
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns about the closure
         def gather(x, *rest):
-            x = dict(x)
+            x = cut_text(dict(x), full, length_multiple)
             x["feature_map"] = tf.gather(table, x.pop("image_index"))
             return (x, *rest)
 

@@ -37,11 +37,13 @@ from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.training.feature_cache import (
     FrozenEncoders,
     backbone_fingerprint,
+    batch_length,
     distinct_photos,
     encode_text_rows,
     examples_digest,
     photo_feature_maps,
     targets_and_weights,
+    text_extent,
     tokenize_columns,
     traced_text_encoder,
 )
@@ -56,6 +58,10 @@ PHOTOS_IN_RAM = 256 * 2**20
 # Token storage -> the split folders' suffix (the float16 stores of before had no suffix and no
 # per-token scale: never read again).
 FORMATS = {"int8": "q8", "float16": "f16"}
+# The record layout, also in the split folders' names. v2: each example is cut where its text
+# mask ends; v1 cut it where the padding began, which for `image_only` (its mask covers the
+# query only) fed the head the title's tokens as text: what serving never shows it.
+LAYOUT = "v2"
 
 
 def _check_dtype(dtype: str) -> None:
@@ -151,7 +157,7 @@ class FeatureStore:
         self.splits = splits
         self.photos = photos  # [U, h, w, C] float16
         self.hidden = hidden
-        self.sequence_length = sequence_length  # batches are padded back to it (see `dataset`)
+        self.sequence_length = sequence_length  # the longest a batch's text may be (see `dataset`)
         self.photos_in_ram = PHOTOS_IN_RAM  # bytes; a larger table is read from its file
 
     @classmethod
@@ -216,9 +222,12 @@ class FeatureStore:
         drop_remainder: bool = False,
         shuffle_buffer: int = 4096,
         workers: int = 1,
+        length_multiple: int | None = 1,
     ) -> tf.data.Dataset:
-        """Batches of `head_model()` inputs (padded to the model's sequence length) with
-        `targets_and_weights` (`class_weights`: one weight per label, or none).
+        """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
+        weight per label, or none), each batch's text as long as its longest example, rounded
+        up to `length_multiple` (`length_multiple_for` the compiled model; None: the model's
+        full sequence length), as `BackboneFeatures.dataset` gives them.
 
         `workers`: how many MultiWorkerMirroredStrategy workers read it. A repeated dataset
         with at least one shard per worker is sharded by file (each worker reads its own
@@ -240,18 +249,16 @@ class FeatureStore:
         if repeat:
             ds = ds.repeat()
         # Records are batched first and parsed a batch at a time (one `parse_example`, every
-        # example padded back to the full length) rather than parsed one by one and then
+        # example padded to the batch's length) rather than parsed one by one and then
         # `padded_batch`ed: far fewer tf.data ops per example (reading alone, 10k MiniLM pairs:
         # 13.7k against 5.2-7.2k examples/s).
-        # One input shape, so Keras traces its step once (as on the in-RAM cache); the disk keeps
-        # only the real tokens.
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         photo_maps = self._photo_lookup()
         weights = None if class_weights is None else tf.constant(np.asarray(class_weights, np.float32))
 
         @tf.autograph.experimental.do_not_convert
         def finish(records):
-            x = self._parse_batch(records)
+            x = self._parse_batch(records, length_multiple)
             labels = x.pop("label")
             x["feature_map"] = photo_maps(x.pop("image_index"))
             if not with_labels:
@@ -286,8 +293,9 @@ class FeatureStore:
 
         return lookup
 
-    def _parse_batch(self, records) -> dict[str, tf.Tensor]:
-        """A batch of records as `head_model()` inputs, every example padded to the full length."""
+    def _parse_batch(self, records, multiple: int | None) -> dict[str, tf.Tensor]:
+        """A batch of records as `head_model()` inputs, every example padded to the batch's
+        length (`batch_length`; the full sequence length when `multiple` is None)."""
         spec = {
             "sequence_output": tf.io.FixedLenFeature([], tf.string),
             "token_ids": tf.io.VarLenFeature(tf.int64),
@@ -299,8 +307,12 @@ class FeatureStore:
         if self.dtype == "int8":
             spec["scale"] = tf.io.FixedLenFeature([], tf.string)
         x = tf.io.parse_example(records, spec)
-        length, hidden = self.sequence_length, self.hidden
-        # `fixed_length` pads each example's bytes with zeros up to the full length; padded
+        hidden = self.hidden
+        tokens = tf.strings.length(x["sequence_output"]) // (hidden if self.dtype == "int8" else 2 * hidden)
+        length = self.sequence_length
+        if multiple is not None:
+            length = batch_length(tf.reduce_max(tokens), multiple, length)
+        # `fixed_length` pads each example's bytes with zeros up to the batch's length; padded
         # decoding has no float16 kernel, so float16 bytes decode as uint16 and are bitcast.
         def half(raw, size):
             return tf.cast(tf.bitcast(tf.io.decode_raw(raw, tf.uint16, fixed_length=2 * size), tf.float16), tf.float32)
@@ -308,10 +320,8 @@ class FeatureStore:
         if self.dtype == "int8":
             q = tf.io.decode_raw(x["sequence_output"], tf.int8, fixed_length=length * hidden)
             seq = tf.reshape(tf.cast(q, tf.float32), [-1, length, hidden]) * half(x["scale"], length)[..., None]
-            tokens = tf.strings.length(x["sequence_output"]) // hidden
         else:
             seq = tf.reshape(half(x["sequence_output"], length * hidden), [-1, length, hidden])
-            tokens = tf.strings.length(x["sequence_output"]) // (2 * hidden)
 
         def ids(sparse):
             dense = tf.cast(tf.sparse.to_dense(sparse), tf.int32)
@@ -329,9 +339,9 @@ class FeatureStore:
 
 
 def _split_folder(folder: Path, split: str, cols, photo_digest: str, dtype: str) -> Path:
-    """`<split>-<examples digest>-<photo table digest>-<format>`: other examples, another photo
-    table or another storage format never share a folder."""
-    return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}"
+    """`<split>-<examples digest>-<photo table digest>-<format>-<layout>`: other examples,
+    another photo table, storage format or record layout never share a folder."""
+    return folder / f"{split}-{examples_digest(cols)[:16]}-{photo_digest[:8]}-{FORMATS[dtype]}-{LAYOUT}"
 
 
 def _photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int,
@@ -404,7 +414,7 @@ def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray
     shard = {key: np.asarray(cols[key])[rows] for key in ("query", *model.preprocessor.product_fields)}
     ids = tokenize_columns(model.preprocessor, shard, batch_size)
     text = encode_text_rows(None, ids, batch_size, traced=encode)
-    lengths = ids["padding_mask"].sum(axis=1)
+    lengths = _stored_lengths(text["text_mask"], path)
     shard_paths, shard_labels = paths[rows], labels[rows]
 
     def write(tmp):
@@ -418,3 +428,14 @@ def _write_shard(model, encode, path: Path, cols, rows: slice, paths: np.ndarray
 
     _atomic_write(path, write)
     return int(len(lengths))
+
+
+def _stored_lengths(text_mask: np.ndarray, path: Path) -> np.ndarray:
+    """How many tokens of each example a shard keeps: up to the end of its text mask (the
+    padding mask, or the query's for `image_only`). The records keep a length, not the mask,
+    so a mask with holes cannot be stored."""
+    lengths = text_extent(text_mask)
+    if np.any(np.count_nonzero(text_mask, axis=1) != lengths):
+        raise ValueError(f"FeatureStore: {path.name}: the text encoder's text_mask has gaps inside an example's "
+                         "text; the store keeps one length per example")
+    return lengths

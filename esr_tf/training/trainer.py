@@ -45,6 +45,7 @@ from esr_tf.training.feature_cache import (
     BackboneFeatures,
     backbone_fingerprint,
     examples_digest,
+    length_multiple_for,
     targets_and_weights,
 )
 from esr_tf.training.losses import RelevanceLoss
@@ -336,20 +337,23 @@ def _datasets(
     trainee: _Trainee,
     features: Mapping[str, BackboneFeatures],
     strategy: tf.distribute.Strategy,
+    full_length: bool = False,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Train (shuffled, repeated, class-weighted) and valid datasets, with `targets_and_weights`
-    from cached features or from the tf.data pipeline on raw inputs."""
+    from cached features or from the tf.data pipeline on raw inputs (`full_length`: cached
+    features' batches keep the full sequence length, as before #17; for comparisons)."""
     multi = is_multi_worker(strategy)
     gains = tuple(trainee.model.label_set.gains)
     weights = trainee.class_weights
     valid_batch = validation_batch_size(len(trainee.parts["valid"]["label"]), config.batch_size, strategy)
     if trainee.cached:  # in RAM (`BackboneFeatures`) or on disk (`FeatureStore` views): one interface
         train_feats, valid_feats = features["train"], features["valid"]
-        workers = num_workers(strategy)
+        # each batch's text only as long as its longest example (full length: `full_length`)
+        common = {"gains": gains, "workers": num_workers(strategy),
+                  "length_multiple": None if full_length else length_multiple_for(trainee.fitted)}
         train_ds = train_feats.dataset(batch_size=config.batch_size, shuffle=True, seed=config.seed, repeat=True,
-                                       class_weights=weights, gains=gains, workers=workers)
-        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, gains=gains,
-                                             workers=workers)
+                                       class_weights=weights, **common)
+        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, **common)
     # distribute: workers shard the data by element, so all must see the same order.
     same_order = config.deterministic or multi
     pre = trainee.model.preprocessor

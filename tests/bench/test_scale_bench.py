@@ -27,7 +27,9 @@ def test_scale_suite_writes_every_figure(tmp_path):
     assert set(result["figures"]) == set(result["targets"])
     speed = result["side_by_side"]
     rounds, _ = scale.SPEED_ROUNDS[True]
-    assert len(speed["store_ex_s"]) == len(speed["ram_ex_s"]) == len(speed["ratios"]) == rounds
-    assert min(speed["ratios"]) <= result["figures"]["store_vs_ram_train_ex_s"] <= max(speed["ratios"])
+    for ref in ("ram", "fixed_length_ram"):
+        ratios = speed[f"ratios_vs_{ref}"]
+        assert len(speed["store_ex_s"]) == len(speed[f"{ref}_ex_s"]) == len(ratios) == rounds
+        assert min(ratios) <= result["figures"][f"store_vs_{ref}_train_ex_s"] <= max(ratios)
     assert (tmp_path / "scale_300" / "features").is_dir()
     assert "| pairs |" in (tmp_path / "scale.md").read_text()

@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from esr_tf.models.builder import TINY_MODEL, build_relevance_model
 from esr_tf.training import feature_store as fs
-from esr_tf.training.feature_cache import BackboneFeatures
+from esr_tf.training.feature_cache import (
+    XLA_LENGTH_MULTIPLE,
+    BackboneFeatures,
+    length_multiple_for,
+    text_extent,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +51,9 @@ def test_store_feeds_the_head_what_the_ram_cache_feeds_it(model, parts, store):
 def test_each_example_is_stored_at_its_own_length_in_int8(model, parts, store):
     batch = next(iter(store.view("train").dataset(batch_size=8)))[0]
     lengths = np.asarray(batch["text_mask"]).sum(axis=1)
-    assert batch["sequence_output"].shape[1] == model.preprocessor.sequence_length > lengths.min()
+    assert batch["sequence_output"].shape[1] == lengths.max() and lengths.min() < model.preprocessor.sequence_length
+    full = next(iter(store.view("train").dataset(batch_size=8, length_multiple=None)))[0]
+    assert full["sequence_output"].shape[1] == model.preprocessor.sequence_length
     hidden = batch["sequence_output"].shape[-1]
     tokens = sum(int(np.asarray(x["text_mask"]).sum()) for x, *_ in store.view("train").dataset(batch_size=64))
     train_bytes = sum(Path(p).stat().st_size for p in store.splits["train"].files)
@@ -54,7 +61,66 @@ def test_each_example_is_stored_at_its_own_length_in_int8(model, parts, store):
     # field names add ~200 bytes an example (3 % of MiniLM's 6.6 KB for 17 tokens)
     overhead = (train_bytes - tokens * (hidden + 2)) / len(store.view("train"))
     assert 0 < overhead < 256
-    assert all(Path(p).parent.name.endswith(f"-{fs.FORMATS['int8']}") for p in store.splits["train"].files)
+    assert all(Path(p).parent.name.endswith(f"-{fs.FORMATS['int8']}-{fs.LAYOUT}") for p in store.splits["train"].files)
+
+
+def test_batches_are_cut_to_their_longest_text_with_the_same_outputs(model, parts, store):
+    """Both caches pad a batch only to its longest example (rounded up to `length_multiple`):
+    the head masks every later position, so its outputs are those of the full length."""
+    ram = BackboneFeatures.compute(model, parts["valid"])
+    full_length = model.preprocessor.sequence_length
+    head = model.head_model()
+
+    def batches(source, multiple):
+        return source.dataset(batch_size=4, with_labels=False, length_multiple=multiple)
+
+    lengths = {m: [x["text_mask"].shape[1] for x, *_ in batches(ram, m)] for m in (None, 1, 4)}
+    longest = [int(text_extent(ram.text_mask[i : i + 4]).max()) for i in range(0, len(ram), 4)]
+    assert lengths[None] == [full_length] * len(longest) and lengths[1] == longest
+    assert lengths[4] == [min(full_length, -(-n // 4) * 4) for n in longest] != longest
+    assert min(longest) < full_length
+    cut, padded = (head.predict(batches(ram, m), verbose=0)["probabilities"] for m in (1, None))
+    np.testing.assert_allclose(cut, padded, atol=1e-5)
+    assert [x["text_mask"].shape[1] for x in batches(store.view("valid"), 1)] == longest
+    # one trace for every length: the train step's input has no fixed length
+    assert store.view("train").dataset(batch_size=8).element_spec[0]["sequence_output"].shape[1] is None
+    assert ram.dataset(batch_size=8).element_spec[0]["sequence_output"].shape[1] is None
+
+
+def test_xla_rounds_batch_lengths_to_a_few_programs(model):
+    head = model.head_model()
+    head.compile(loss="mse", jit_compile=False)
+    assert length_multiple_for(head) == 1
+    head.compile(loss="mse", jit_compile=True)
+    assert length_multiple_for(head) == XLA_LENGTH_MULTIPLE
+
+
+def test_image_only_reads_the_query_mask_from_the_store_as_from_ram(parts, tmp_path):
+    """`image_only`'s BERT and head see the query only; a store of before kept each example up to
+    its padding and fed the head the title's tokens as text (probabilities off by ~0.45)."""
+    keras.utils.set_random_seed(0)
+    image_only = build_relevance_model(**{**TINY_MODEL, "fusion": "image_only"})
+    valid = {"valid": parts["valid"]}
+    store = fs.FeatureStore.build(image_only, valid, tmp_path, shard_examples=64)
+    ram = BackboneFeatures.compute(image_only, parts["valid"])
+    from_store = next(iter(store.view("valid").dataset(batch_size=16, with_labels=False)))
+    from_ram = next(iter(ram.dataset(batch_size=16, with_labels=False)))[0]
+    mask = from_ram["text_mask"].numpy()
+    np.testing.assert_array_equal(from_store["text_mask"].numpy(), mask)
+    # the in-RAM rows still hold the (masked) title ids past the query; the store kept none
+    np.testing.assert_array_equal(from_store["token_ids"].numpy(), np.where(mask, from_ram["token_ids"].numpy(), 0))
+    head = image_only.head_model()
+    got, expected = (head.predict(s.dataset(batch_size=16, with_labels=False), verbose=0)["probabilities"]
+                     for s in (store.view("valid"), ram))
+    np.testing.assert_allclose(got, expected, atol=5e-3)
+
+
+def test_a_text_mask_with_gaps_cannot_be_stored():
+    mask = np.array([[1, 1, 1, 0], [1, 0, 1, 0]])
+    np.testing.assert_array_equal(text_extent(mask), [3, 3])
+    with pytest.raises(ValueError, match="shard-00000.tfrecord: the text encoder's text_mask has gaps"):
+        fs._stored_lengths(mask, Path("shard-00000.tfrecord"))
+    np.testing.assert_array_equal(fs._stored_lengths(mask[:1], Path("x")), [3])
 
 
 def test_a_float16_store_is_its_own_and_agrees_to_float16_precision(model, parts, store):
