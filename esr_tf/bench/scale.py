@@ -114,11 +114,14 @@ def compare_training_speed(data: str, out_dir: str, store: str, overrides: list[
     config = parse_config({"data": data, "out_dir": out_dir}, [*_SETS, f"feature_store={store}", *overrides])
     strategy, config, catalogue = trainer._prepare_run(config, None, overwrite=True)
     trainee = trainer._build_trainee(config, catalogue, strategy)
-    sources = {}
-    for name, cfg, full in (("store", config, False), ("ram", replace(config, feature_store=""), False),
-                            ("fixed_length_ram", replace(config, feature_store=""), True)):
-        features = trainer._backbone_features(cfg, trainee, None, verbose=0)
-        sources[name] = trainer._datasets(cfg, trainee, features, strategy, full_length=full)[0]
+    in_ram = replace(config, feature_store="")
+    store_features = trainer._backbone_features(config, trainee, None, verbose=0)
+    ram_features = trainer._backbone_features(in_ram, trainee, None, verbose=0)  # one pass for both RAM sources
+    sources = {
+        "store": trainer._datasets(config, trainee, store_features, strategy)[0],
+        "ram": trainer._datasets(in_ram, trainee, ram_features, strategy)[0],
+        "fixed_length_ram": trainer._datasets(in_ram, trainee, ram_features, strategy, full_length=True)[0],
+    }
     for ds in sources.values():  # traces the step for each input signature
         trainee.fitted.fit(ds, epochs=1, steps_per_epoch=SKIP_STEPS + 2, verbose=0)
     rates: dict[str, list[float]] = {name: [] for name in sources}
