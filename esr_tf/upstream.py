@@ -135,6 +135,20 @@ KNOWN_ISSUES: dict[str, UpstreamIssue] = {
         workaround="esr_tf.export.verify.non_stock_ops",
         canary="tests/test_upstream.py::test_upstream_tensorflow_op_registry_is_still_private",
     ),
+    "keras-team/keras#20095": UpstreamIssue(
+        summary=(
+            "A Keras 3 model reached through object tracking (an attribute of a tf.Module, or "
+            "ExportArchive.track(model)) is saved with a new tf.Variable per Keras variable, "
+            "copied from the one the traced functions read: the checkpoint restores the copies, "
+            "so C++ LoadSavedModel (TF Serving) fails with 'Could not find variable ...' while "
+            "Python's loader works, and ExportArchive.track(model) stores every weight twice. "
+            "The workaround saves a root that tracks exactly the tf.Variables the signatures read."
+        ),
+        link="https://github.com/keras-team/keras/issues/20095",
+        seen_with="keras 3.15.1, tensorflow 2.21.0",
+        workaround="esr_tf.export.archive.ServingArchive",
+        canary="tests/test_upstream.py::test_upstream_keras_variables_still_save_as_unread_copies",
+    ),
     "keras-predict-local-under-multiworker": UpstreamIssue(
         summary=(
             "Keras' predict under MultiWorkerMirroredStrategy always shards the data and "

@@ -139,3 +139,36 @@ def test_upstream_tensorflow_op_registry_is_still_private():
     assert op_def_registry.get("MatMul") is not None and op_def_registry.get("NoSuchOpEver") is None
     public = [tf.experimental, tf.sysconfig, tf.config.experimental, tf.compat.v1]
     assert not any(hasattr(m, "op_def_registry") for m in public), _still(issue)
+
+
+def test_upstream_keras_variables_still_save_as_unread_copies(tmp_path):
+    """keras-team/keras#20095: a tracked Keras layer's variables are saved as copies no function
+    reads. A TF1 session load (the MetaGraph + restore op, as C++ LoadSavedModel and
+    `saved_model_cli run` load) then runs a signature that reads a variable nothing restored."""
+    import tensorflow as tf
+
+    from esr_tf.export.archive import ServingArchive
+
+    def run_as_cpp_loads(path) -> np.ndarray:
+        with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+            meta = tf.compat.v1.saved_model.load(session, ["serve"], str(path))
+            signature = meta.signature_def["serving_default"]
+            (name, output), = signature.outputs.items()
+            return session.run(output.name, {signature.inputs["x"].name: np.ones((1, 3), np.float32)})
+
+    layer = keras.layers.Dense(2, name="canary_dense")
+    layer.build((None, 3))
+    fn = tf.function(lambda x: layer(x), input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")],
+                     autograph=False)
+    module = tf.Module()
+    module.layer = layer
+    tf.saved_model.save(module, str(tmp_path / "tracked"), signatures={"serving_default": fn})
+    try:
+        run_as_cpp_loads(tmp_path / "tracked")
+    except tf.errors.FailedPreconditionError as error:
+        assert "Could not find variable canary_dense" in str(error)
+    else:
+        pytest.fail(_still("keras-team/keras#20095"))
+    ServingArchive({"serving_default": fn}).write_out(tmp_path / "archive")
+    want = np.ones((1, 3), np.float32) @ layer.kernel.numpy() + layer.bias.numpy()
+    np.testing.assert_allclose(run_as_cpp_loads(tmp_path / "archive"), want, rtol=1e-6)

@@ -144,34 +144,59 @@ def build_cpp_client(build_dir: str | os.PathLike | None = None) -> Path:
     return binary
 
 
-def _write_inputs(path: Path, inputs: dict[str, Sequence[bytes | str] | np.ndarray]) -> None:
-    """Writes the `ESRPRED1` input file read by esr_predict.cc (format in its header)."""
+Inputs = dict[str, Sequence[bytes | str] | np.ndarray | int]
+
+
+def _write_dense(f, name: str, values: np.ndarray | int) -> bool:
+    """A float32 / int32 tensor (a Python int: an int32 scalar); False for string values."""
+    if isinstance(values, bool) or not isinstance(values, int | np.integer | np.ndarray):
+        return False
+    array = np.asarray(values)
+    if array.dtype.kind not in "fiu":
+        return False
+    kind, dtype = ("float", "<f4") if array.dtype.kind == "f" else ("int32", "<i4")
+    data = np.asarray(array, dtype=dtype)  # not ascontiguousarray: it makes a scalar 1-D
+    dims = " ".join(str(d) for d in data.shape)
+    f.write(f"{name} {kind} {data.ndim} {dims}".rstrip().encode() + b"\n")
+    f.write(data.tobytes(order="C") + b"\n")
+    return True
+
+
+def _write_inputs(path: Path, inputs: Inputs, calls: Sequence[tuple[str, Inputs]] = ()) -> None:
+    """Writes the `ESRPRED1` input file read by esr_predict.cc (format in its header): `inputs`,
+    or one `@call` section per (signature, inputs) of `calls`."""
     with open(path, "wb") as f:
         f.write(b"ESRPRED1\n")
-        for name, values in inputs.items():
-            if not name or any(c.isspace() for c in name):
-                raise ValueError(f"input name {name!r} must be non-empty without whitespace")
-            if isinstance(values, np.ndarray) and values.dtype.kind == "f":
-                data = np.ascontiguousarray(values, dtype="<f4")
-                dims = " ".join(str(d) for d in data.shape)
-                f.write(f"{name} float {data.ndim} {dims}\n".encode())
-                f.write(data.tobytes() + b"\n")
-                continue
-            if isinstance(values, str | bytes):
-                raise TypeError(f"input {name!r}: expected a list of values, got a single value")
-            items = []
-            for i, value in enumerate(list(values)):
-                if isinstance(value, str):
-                    value = value.encode("utf-8")
-                if not isinstance(value, bytes | bytearray | memoryview):
-                    raise TypeError(
-                        f"input {name!r} item {i}: expected str or bytes, "
-                        f"got {type(value).__name__}"
-                    )
-                items.append(bytes(value))
-            f.write(f"{name} string {len(items)}\n".encode())
-            for item in items:
-                f.write(f"{len(item)}\n".encode() + item + b"\n")
+        for signature, call_inputs in calls:
+            if not signature or any(c.isspace() for c in signature):
+                raise ValueError(f"signature name {signature!r} must be non-empty without whitespace")
+            f.write(f"@call {signature}\n".encode())
+            _write_values(f, call_inputs)
+        if not calls:
+            _write_values(f, inputs)
+
+
+def _write_values(f, inputs: Inputs) -> None:
+    for name, values in inputs.items():
+        if not name or any(c.isspace() for c in name):
+            raise ValueError(f"input name {name!r} must be non-empty without whitespace")
+        if _write_dense(f, name, values):
+            continue
+        if isinstance(values, str | bytes):
+            raise TypeError(f"input {name!r}: expected a list of values, got a single value")
+        items = []
+        for i, value in enumerate(list(values)):
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise TypeError(
+                    f"input {name!r} item {i}: expected str or bytes, "
+                    f"got {type(value).__name__}"
+                )
+            items.append(bytes(value))
+        f.write(f"{name} string {len(items)}\n".encode())
+        for item in items:
+            f.write(f"{len(item)}\n".encode() + item + b"\n")
 
 
 def _decode_output(name: str, spec: dict) -> np.ndarray:
@@ -189,25 +214,9 @@ def _decode_output(name: str, spec: dict) -> np.ndarray:
     return np.asarray(spec["values"], dtype=_DTYPES[spec["dtype"]]).reshape(shape)
 
 
-def run_cpp_client(
-    export_dir: str | os.PathLike,
-    inputs: dict[str, Sequence[bytes | str] | np.ndarray],
-    *,
-    signature: str = "serving_default",
-    repeats: int = 1,
-    timeout: float = 600.0,
-    build_dir: str | os.PathLike | None = None,
-) -> dict:
-    """Runs `signature` of the SavedModel at `export_dir` (a version folder) in C++.
-
-    `inputs` maps input names to lists of str / bytes (string tensors of shape [n]) or float
-    numpy arrays (e.g. `image_tokens` of `score_with_image_features`). One untimed warm-up run
-    is followed by `repeats` timed runs. Returns `{"outputs": {name: np.ndarray},
-    "ms_per_run", "ms_per_example", "load_ms", "first_run_ms"}`; string outputs are object
-    arrays of bytes, as `tf.Tensor.numpy()` gives them. `build_dir` is passed to
-    `build_cpp_client`.
-    """
-    export_dir = Path(export_dir)
+def _run(export_dir: Path, inputs: Inputs, calls: Sequence[tuple[str, Inputs]], signature: str, repeats: int,
+         timeout: float, build_dir) -> dict:
+    """esr_predict's parsed JSON for `inputs` (one call of `signature`) or `calls`."""
     if not (export_dir / "saved_model.pb").exists():
         raise FileNotFoundError(f"{export_dir}: no saved_model.pb (give the version folder)")
     if repeats < 1:
@@ -215,7 +224,7 @@ def run_cpp_client(
     binary = build_cpp_client(build_dir)
     with tempfile.TemporaryDirectory(prefix="esr_predict_") as tmp:
         input_file = Path(tmp) / "inputs.bin"
-        _write_inputs(input_file, inputs)
+        _write_inputs(input_file, inputs, calls)
         command = [str(binary), "--signature", signature, "--repeats", str(repeats)]
         for library in tf_text_op_libraries():
             command += ["--op_library", str(library)]
@@ -230,13 +239,55 @@ def run_cpp_client(
             f"esr_predict failed on {export_dir} (exit {proc.returncode}):\n{message}"
         )
     try:
-        result = json.loads(proc.stdout)
+        return json.loads(proc.stdout)
     except json.JSONDecodeError as err:
         raise RuntimeError(f"esr_predict printed no JSON ({err}):\n{proc.stdout[-2000:]}") from None
+
+
+def _call_result(result: dict) -> dict:
     return {
         "outputs": {k: _decode_output(k, v) for k, v in result["outputs"].items()},
         "ms_per_run": float(result["ms_per_run"]),
         "ms_per_example": float(result["ms_per_example"]),
-        "load_ms": float(result["load_ms"]),
         "first_run_ms": float(result["first_run_ms"]),
     }
+
+
+def run_cpp_client(
+    export_dir: str | os.PathLike,
+    inputs: Inputs,
+    *,
+    signature: str = "serving_default",
+    repeats: int = 1,
+    timeout: float = 600.0,
+    build_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Runs `signature` of the SavedModel at `export_dir` (a version folder) in C++.
+
+    `inputs` maps input names to lists of str / bytes (string tensors of shape [n]), float
+    numpy arrays (e.g. `image_tokens` of `score_with_image_features`) or ints (int32 scalars,
+    e.g. `k`). One untimed warm-up run is followed by `repeats` timed runs. Returns
+    `{"outputs": {name: np.ndarray}, "ms_per_run", "ms_per_example", "load_ms", "first_run_ms"}`;
+    string outputs are object arrays of bytes, as `tf.Tensor.numpy()` gives them. `build_dir` is
+    passed to `build_cpp_client`.
+    """
+    result = _run(Path(export_dir), inputs, (), signature, repeats, timeout, build_dir)
+    return {**_call_result(result), "load_ms": float(result["load_ms"])}
+
+
+def run_cpp_calls(
+    export_dir: str | os.PathLike,
+    calls: Sequence[tuple[str, Inputs]],
+    *,
+    repeats: int = 1,
+    timeout: float = 600.0,
+    build_dir: str | os.PathLike | None = None,
+) -> dict:
+    """Loads the SavedModel once in C++ and runs each (signature, inputs) of `calls` on it.
+
+    Returns `{"load_ms", "calls": [one `run_cpp_client` result without load_ms per call]}`.
+    """
+    if not calls:
+        raise ValueError("no calls to run")
+    result = _run(Path(export_dir), {}, calls, "serving_default", repeats, timeout, build_dir)
+    return {"load_ms": float(result["load_ms"]), "calls": [_call_result(c) for c in result["calls"]]}

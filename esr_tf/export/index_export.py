@@ -35,6 +35,7 @@ from esr_tf.export.catalogue_index import (
 )
 from esr_tf.export.saved_model import (
     REFERENCE_FILE,
+    build_archive,
     build_signatures,
     model_warmup_records,
     reference_outputs,
@@ -78,10 +79,8 @@ def _write_index(search: CatalogueSearch, arrays: IndexArrays, target: Path, mod
     samples = sample_inputs()
     # Reference answers first: tracing for these calls is reused by the save, not the reverse (2x faster).
     reference = {**reference_outputs(model, signatures, samples), **_search_reference(search, arrays)}
-    root = tf.Module()
-    root.index = search  # `read_index` finds the catalogue arrays here
-    root.preprocessor = model.preprocessor
-    tf.saved_model.save(root, str(target), signatures=signatures)
+    # `read_index` finds the catalogue arrays under `index`.
+    build_archive(model, signatures, index=search.catalogue).write_out(target)
     extra = target / "assets.extra"
     extra.mkdir(exist_ok=True)
     records = model_warmup_records(model, samples, len(samples["query"]), model_name)

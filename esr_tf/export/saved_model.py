@@ -25,10 +25,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from esr_tf.export.archive import ServingArchive
 from esr_tf.export.versions import (  # noqa: F401  (next_version: re-exported)
     check_model_name,
     check_version,
@@ -206,15 +206,9 @@ def _explain(model, image_tokens) -> tf.types.experimental.PolymorphicFunction:
     return explain
 
 
-def build_archive(model, signatures: dict | None = None) -> keras.export.ExportArchive:
-    """An `ExportArchive` tracking the model and its preprocessor, with `build_signatures`."""
-    signatures = signatures or build_signatures(model)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(model.preprocessor)
-    for name, fn in signatures.items():
-        archive.add_endpoint(name, fn)
-    return archive
+def build_archive(model, signatures: dict | None = None, **children: tf.Module) -> ServingArchive:
+    """The `ServingArchive` of `model`'s signatures (`build_signatures` by default) and `children`."""
+    return ServingArchive(signatures or build_signatures(model), **children)
 
 
 def sample_inputs(num: int = 6, seed: int = 0) -> dict[str, np.ndarray]:

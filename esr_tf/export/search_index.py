@@ -51,16 +51,11 @@ def complement_label(label_set) -> int | None:
     return None
 
 
-class CatalogueSearch(tf.Module):
-    """The catalogue and the models that search it (see the module docstring)."""
+class CatalogueVariables(tf.Module):
+    """The catalogue as variables: what an index export tracks as `index` and `read_index` reads back."""
 
-    def __init__(self, model, towers, arrays: IndexArrays, name: str = "catalogue_search") -> None:
-        super().__init__(name=name)
-        if not len(arrays.product_ids):
-            raise ValueError("an index needs at least one product")
-        self.model = model
-        self.query_tower = query_tower(towers)
-        self.size = len(arrays.product_ids)
+    def __init__(self, model, arrays: IndexArrays) -> None:
+        super().__init__(name="catalogue")
         self.product_ids = tf.Variable(arrays.product_ids.astype(str).tolist(), trainable=False, name="product_ids")
         self.titles = tf.Variable(arrays.titles.astype(str).tolist(), trainable=False, name="titles")
         missing = [f for f in model.preprocessor.product_fields if f != "title" and f not in arrays.fields]
@@ -77,6 +72,24 @@ class CatalogueSearch(tf.Module):
         tokens = tf.cast(tf.constant(arrays.photo_tokens, tf.float32), tf.bfloat16)
         self.photo_tokens = tf.Variable(tokens, trainable=False, name="photo_tokens")
         self.photo_row = tf.Variable(arrays.photo_row.astype("int32"), trainable=False, name="photo_row")
+
+
+class CatalogueSearch:
+    """The catalogue and the models that search it (see the module docstring).
+
+    A plain object, not a `tf.Module`: an export tracks only `catalogue` (and the variables its
+    functions read, `export.archive`), never the Keras models (keras-team/keras#20095)."""
+
+    def __init__(self, model, towers, arrays: IndexArrays) -> None:
+        if not len(arrays.product_ids):
+            raise ValueError("an index needs at least one product")
+        self.model = model
+        self.query_tower = query_tower(towers)
+        self.size = len(arrays.product_ids)
+        self.catalogue = CatalogueVariables(model, arrays)
+        c = self.catalogue
+        self.product_ids, self.titles, self.fields = c.product_ids, c.titles, c.fields
+        self.embeddings, self.photo_tokens, self.photo_row = c.embeddings, c.photo_tokens, c.photo_row
         self.label_names = tf.constant(list(model.label_set.names))
         self.complement = complement_label(model.label_set)
         self.search = tf.function(self._search, input_signature=[_STRINGS])

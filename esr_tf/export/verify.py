@@ -4,8 +4,8 @@
    signature on the sample raw inputs stored at export time and compares with the Keras model's
    outputs on them (max |diff| <= 1e-4).
 2. Every op in the graph must be a stock TF op or one of the expected TF-Text ops.
-3. Optionally, the C++ `LoadSavedModel` client (the loader TF Serving uses) runs
-   `serving_default` and must agree with Python.
+3. Optionally (on by default), the C++ `LoadSavedModel` client (the loader TF Serving uses) runs
+   every signature on the same stored inputs and must agree with Python (`export.cpp_verify`).
 4. The `saved_model_cli show` summary is included.
 
 Example:
@@ -21,9 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from esr_tf.export.saved_model import EXPECTED_TF_TEXT_OPS, REFERENCE_FILE, list_ops
+from esr_tf.export.cpp_verify import cpp_check
+from esr_tf.export.saved_model import EXPECTED_TF_TEXT_OPS, list_ops
 from esr_tf.export.versions import export_lock, recover_versions
 
 _CHILD = Path(__file__).with_name("verify_child.py")
@@ -78,28 +77,6 @@ def _saved_model_cli_text(proc: subprocess.Popen) -> str:
     return stdout.strip() if proc.returncode == 0 else f"saved_model_cli failed: {stderr.strip()[-500:]}"
 
 
-def _cpp_check(export_dir: Path) -> dict:
-    from esr_tf.export.cpp_client import cpp_toolchain_available, run_cpp_client
-
-    reason = cpp_toolchain_available()
-    if reason:
-        return {"skipped": reason, "ok": True}
-    ref = np.load(export_dir / "assets.extra" / REFERENCE_FILE, allow_pickle=True)
-    inputs = {k[len("input/"):]: list(ref[k]) for k in ref.files if k.startswith("input/")}
-    result = run_cpp_client(export_dir, inputs, repeats=3)
-    diff = float(
-        np.max(np.abs(result["outputs"]["probabilities"] - ref["serving_default/probabilities"]))
-    )
-    labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result["outputs"]["label"]]
-    want = [x.decode() if isinstance(x, bytes) else str(x) for x in ref["serving_default/label"]]
-    return {
-        "max_abs_diff": diff,
-        "labels_equal": labels == want,
-        "ms_per_example": result["ms_per_example"],
-        "ok": diff <= 1e-4 and labels == want,
-    }
-
-
 def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
     """Runs all checks; `report["ok"]` is the overall verdict."""
     export_dir = Path(export_dir)
@@ -125,7 +102,7 @@ def verify_export(export_dir: str | Path, *, cpp: bool = True) -> dict:
     report: dict = {}
     if cpp:
         try:
-            report["cpp"] = _cpp_check(export_dir)
+            report["cpp"] = cpp_check(export_dir)
         except Exception as error:  # a failed build or run is a failed check, reported as such
             report["cpp"] = {"ok": False, "error": str(error)[-2000:]}
     stdout, stderr = child.communicate()
@@ -178,9 +155,12 @@ def format_report(report: dict) -> str:
             lines.append(f"  [FAIL] C++ LoadSavedModel client: {cpp['error']}")
         else:
             lines.append(
-                f"  [{'ok' if cpp['ok'] else 'FAIL'}] C++ LoadSavedModel client: max |diff| {cpp['max_abs_diff']:.2e}, "
-                f"labels equal {cpp['labels_equal']}, {cpp['ms_per_example']:.2f} ms/example"
+                f"  [{'ok' if cpp['ok'] else 'FAIL'}] C++ LoadSavedModel client: "
+                f"signatures {', '.join(cpp['signatures'])}; "
+                f"max |diff| {cpp['max_abs_diff']:.2e}; serving_default {cpp['ms_per_example']:.2f} ms/example"
             )
+            lines.extend(f"    [FAIL] {c['signature']}/{c['output']}: max |diff| {c['max_abs_diff']:.2e}"
+                         for c in cpp["checks"] if not c["ok"])
     lines.append("  saved_model_cli show:")
     lines.extend("    " + line for line in report["saved_model_cli"].splitlines())
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import tensorflow_text as tf_text
 from esr_tf.export.cpp_client import (
     build_cpp_client,
     cpp_toolchain_available,
+    run_cpp_calls,
     run_cpp_client,
     tf_text_op_libraries,
 )
@@ -67,6 +68,13 @@ class StandIn(tf.Module):
     def score_features(self, query, title, image_tokens, has_image):
         return self._head(query, title, tf.reduce_mean(image_tokens, axis=[1, 2]) * has_image)
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int32)])
+    def top(self, query, k):
+        """int32 scalar input and output shape decided by it, like the index's `search_top`."""
+        lengths = tf.cast(tf.strings.length(query), tf.float32)
+        table = lengths[:, None] * tf.range(1.0, 6.0)[None, :]
+        return {"values": tf.math.top_k(table, k).values, "k": k}
+
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
@@ -75,6 +83,7 @@ def export_dir(tmp_path_factory):
     signatures = {
         "serving_default": module.serve,
         "score_with_image_features": module.score_features,
+        "top": module.top,
     }
     tf.saved_model.save(module, str(path), signatures=signatures)
     return path
@@ -133,6 +142,19 @@ def test_float_inputs_signature_matches_python(export_dir, loaded):
     result = run_cpp_client(export_dir, inputs, signature="score_with_image_features")
     python = loaded["score_with_image_features"](**{k: tf.constant(v) for k, v in inputs.items()})
     _assert_same(result["outputs"], python)
+
+
+def test_calls_share_one_load_and_take_int32_scalars(export_dir, loaded):
+    """`run_cpp_calls` (what `verify` uses for every signature): one load, each call its own signature."""
+    inputs = _inputs()
+    calls = [("top", {"query": ["ab", "abcd"], "k": 3}), ("serving_default", inputs), ("top", {"query": ["x"], "k": 1})]
+    result = run_cpp_calls(export_dir, calls)
+    assert result["load_ms"] > 0 and len(result["calls"]) == 3
+    first, serve, last = (c["outputs"] for c in result["calls"])
+    python = loaded["top"](query=tf.constant(["ab", "abcd"]), k=tf.constant(3))
+    np.testing.assert_allclose(first["values"], python["values"].numpy(), atol=0)
+    assert first["k"].shape == () and int(first["k"]) == 3 and last["values"].shape == (1, 1)
+    _assert_same(serve, loaded["serving_default"](**{k: tf.constant(v) for k, v in inputs.items()}))
 
 
 def test_errors_name_the_problem(export_dir):

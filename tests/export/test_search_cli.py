@@ -99,3 +99,36 @@ def test_index_of_an_empty_catalogue_exits_2(tiny_trained, tmp_path, capsys):
     code, _, err = _run(["index", "--model", str(tiny_trained.model_path), "--data", str(tmp_path),
                          "--base", str(tmp_path / "models")], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_every_export_command_runs_the_cpp_check_by_default(tmp_path, monkeypatch, capsys):
+    """#28: `esr-tf export` and `esr-tf index` verify in C++ unless told not to (`--no-cpp`)."""
+    import inspect
+
+    import esr_tf.cli_search as cli_search
+    import esr_tf.data as data
+    import esr_tf.export.index_export as index_export
+    import esr_tf.export.saved_model as saved_model
+    import esr_tf.export.verify as verify
+    import esr_tf.models.builder as builder
+    from esr_tf.demo import run_demo
+
+    version = tmp_path / "m" / "1"
+    (version / "assets.extra").mkdir(parents=True)
+    (version / "assets.extra" / "esr_tf_index.json").write_text('{"products": 1, "photos": 0}')
+    seen = []
+    monkeypatch.setattr(verify, "verify_export", lambda path, cpp=True: seen.append(cpp) or {"ok": True})
+    monkeypatch.setattr(verify, "format_report", lambda report: "PASS")
+    monkeypatch.setattr(builder, "load_model", lambda path: None)
+    monkeypatch.setattr(saved_model, "export_saved_model", lambda *a, **k: version)
+    monkeypatch.setattr(cli_search, "_load_models", lambda args: (type("M", (), {"label_set": None})(), None))
+    monkeypatch.setattr(data, "load_catalogue", lambda *a, **k: type("C", (), {"products": {}})())
+    monkeypatch.setattr(index_export, "export_search_index", lambda *a, **k: version)
+    assert _run(["export", "--model", "m.keras", "--base", str(tmp_path)], capsys)[0] == 0
+    assert _run(["index", "--model", "m.keras", "--base", str(tmp_path), "--data", "d"], capsys)[0] == 0
+    assert _run(["verify", str(version)], capsys)[0] == 0
+    assert seen == [True, True, True]
+    assert _run(["index", "--model", "m.keras", "--base", str(tmp_path), "--data", "d", "--no-cpp"], capsys)[0] == 0
+    assert seen[-1] is False
+    assert inspect.signature(verify.verify_export).parameters["cpp"].default is True
+    assert inspect.signature(run_demo).parameters["cpp"].default is True

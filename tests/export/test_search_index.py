@@ -92,13 +92,22 @@ def test_bad_requests_name_the_input(loaded, call, message):
         call(loaded)
 
 
-def test_verify_passes_in_a_fresh_process(tiny_index):
-    from esr_tf.export.verify import verify_export
+@pytest.mark.slow
+def test_verify_passes_in_a_fresh_process_and_cpp(tiny_index):
+    """#28: the index runs in TF Serving's C++ loader, every signature equal to Python's."""
+    from esr_tf.export.cpp_client import cpp_toolchain_available
+    from esr_tf.export.verify import format_report, verify_export
 
-    report = verify_export(tiny_index, cpp=False)
-    assert report["ok"], report
+    assert cpp_toolchain_available() is None, "the suite checks one index export in C++: install g++"
+    report = verify_export(tiny_index)  # the C++ check is on by default
+    assert report["ok"], format_report(report)
     signatures = {c["signature"] for c in report["load"]["checks"]}
     assert {"search", "search_top", "similar_products", "complements"} <= signatures
+    cpp = {c["signature"] for c in report["cpp"]["checks"]}
+    assert cpp == set(report["load"]["signatures"]), "C++ runs every signature of the export"
+    assert report["cpp"]["max_abs_diff"] <= 1e-4
+    assert {c["output"] for c in report["cpp"]["checks"] if c["signature"] == "search_top"} >= {
+        "product_ids", "scores", "probabilities", "labels"}
     assert any(c["output"] == "product_ids distinct" for c in report["load"]["checks"])
     assert not any(report["load"]["modules"].values()), "only tensorflow + tensorflow_text in that process"
     info = json.loads((tiny_index / "assets.extra" / "esr_tf_index.json").read_text())

@@ -25,18 +25,18 @@ from esr_tf.export.versions import ExportError, export_lock, recover_versions
 # kills as soon as the staging folder has `variables/`, usually before that point).
 EXPORT_CHILD = r"""
 import sys, time
-import keras
+from esr_tf.export.archive import ServingArchive
 from esr_tf.export.saved_model import export_saved_model
 from esr_tf.models.builder import load_model
 
-write_out = keras.export.ExportArchive.write_out
+write_out = ServingArchive.write_out
 
 def hang_after_write(self, filepath, *args, **kwargs):
     write_out(self, filepath, *args, **kwargs)
     print("WRITTEN", filepath, flush=True)
     time.sleep(600)
 
-keras.export.ExportArchive.write_out = hang_after_write
+ServingArchive.write_out = hang_after_write
 export_saved_model(load_model(sys.argv[1]), sys.argv[2], model_name="esr", version=1)
 print("EXPORTED", flush=True)
 """

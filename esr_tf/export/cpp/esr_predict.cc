@@ -14,10 +14,14 @@
 //   then per input, a header line and its data:
 //   <name> string <count>\n     followed by <count> times: <byte length>\n<raw bytes>\n
 //   <name> float <rank> <d0> .. <dn-1>\n   followed by prod(d) little-endian float32s, then \n
+//   <name> int32 <rank> <d0> .. <dn-1>\n   followed by prod(d) little-endian int32s, then \n
+//   @call <signature>\n   starts the inputs of one more call: the model is loaded once and each
+//                         call runs its own signature (then --signature is not used).
 //
 // Output: one JSON object on stdout:
 //   {"signature": .., "batch_size": .., "outputs": {key: {"dtype", "shape", "values"}},
 //    "load_ms", "first_run_ms", "runs", "ms_per_run", "ms_per_example"}
+// or, with @call lines, {"load_ms": .., "calls": [one object as above (no load_ms) per call]}.
 // Floats use %.9g (exact round trip for float32); strings that are not valid UTF-8 are written
 // as {"b64": ...}. A human-readable timing line goes to stderr.
 
@@ -113,65 +117,97 @@ void ExpectNewline(std::ifstream& in, const std::string& where) {
   if (in.get() != '\n') Fail(where + ": missing newline after the data (truncated file?)");
 }
 
-std::map<std::string, tensorflow::Tensor> ReadInputs(const std::string& path) {
+using Inputs = std::map<std::string, tensorflow::Tensor>;
+
+struct Call {
+  std::string signature;
+  Inputs inputs;
+};
+
+// A dense tensor of `dtype` whose shape follows on the header line; raw little-endian data
+// (the byte order of every TF CPU target we build on), then '\n'.
+tensorflow::Tensor ReadDense(std::ifstream& in, std::istringstream& header, tensorflow::DataType dtype,
+                             size_t item_bytes, const std::string& where) {
+  std::string rank_text;
+  header >> rank_text;
+  const uint64_t rank = ParseCount(rank_text, where + " rank");
+  tensorflow::TensorShape shape;
+  for (uint64_t d = 0; d < rank; ++d) {
+    std::string dim_text;
+    header >> dim_text;
+    shape.AddDim(static_cast<int64_t>(ParseCount(dim_text, where + " dim")));
+  }
+  tensorflow::Tensor tensor(dtype, shape);
+  const auto bytes = static_cast<std::streamsize>(tensor.NumElements() * item_bytes);
+  if (!in.read(static_cast<char*>(tensor.data()), bytes)) {
+    Fail(where + ": fewer than " + std::to_string(bytes) + " data bytes (truncated file?)");
+  }
+  ExpectNewline(in, where);
+  return tensor;
+}
+
+tensorflow::Tensor ReadStrings(std::ifstream& in, std::istringstream& header, const std::string& where) {
+  std::string count_text;
+  header >> count_text;
+  const uint64_t count = ParseCount(count_text, where + " count");
+  tensorflow::Tensor tensor(tensorflow::DT_STRING, tensorflow::TensorShape({static_cast<int64_t>(count)}));
+  auto flat = tensor.flat<tensorflow::tstring>();
+  for (uint64_t i = 0; i < count; ++i) {
+    const std::string item = where + " item " + std::to_string(i);
+    std::string length_line;
+    if (!ReadLine(in, &length_line)) Fail(item + ": missing (truncated file?)");
+    const uint64_t length = ParseCount(length_line, item + " length");
+    std::string bytes(length, '\0');
+    if (!in.read(bytes.data(), static_cast<std::streamsize>(length))) {
+      Fail(item + ": fewer than " + std::to_string(length) + " bytes (truncated file?)");
+    }
+    ExpectNewline(in, item);
+    flat(static_cast<int64_t>(i)) = bytes;
+  }
+  return tensor;
+}
+
+// The calls of the file: one per "@call NAME" line, or a single one for `default_signature`.
+std::vector<Call> ReadCalls(const std::string& path, const std::string& default_signature, bool* multi) {
   std::ifstream in(path, std::ios::binary);
   if (!in) Fail("cannot open input file " + path);
   std::string line;
   if (!ReadLine(in, &line) || line != "ESRPRED1") {
     Fail(path + ": first line must be 'ESRPRED1'");
   }
-  std::map<std::string, tensorflow::Tensor> inputs;
+  std::vector<Call> calls;
+  *multi = false;
   while (ReadLine(in, &line)) {
     if (line.empty()) continue;
     std::istringstream header(line);
     std::string name, kind;
     header >> name >> kind;
+    if (name == "@call") {
+      if (kind.empty()) Fail(path + ": '@call' needs a signature name");
+      if (!*multi && !calls.empty()) Fail(path + ": inputs before the first '@call' line");
+      *multi = true;
+      calls.push_back({kind, {}});
+      continue;
+    }
+    if (calls.empty()) calls.push_back({default_signature, {}});
+    Inputs& inputs = calls.back().inputs;
     const std::string where = path + ": input '" + name + "'";
     if (inputs.count(name)) Fail(where + " given twice");
     if (kind == "string") {
-      std::string count_text;
-      header >> count_text;
-      const uint64_t count = ParseCount(count_text, where + " count");
-      tensorflow::Tensor tensor(tensorflow::DT_STRING,
-                                tensorflow::TensorShape({static_cast<int64_t>(count)}));
-      auto flat = tensor.flat<tensorflow::tstring>();
-      for (uint64_t i = 0; i < count; ++i) {
-        const std::string item = where + " item " + std::to_string(i);
-        std::string length_line;
-        if (!ReadLine(in, &length_line)) Fail(item + ": missing (truncated file?)");
-        const uint64_t length = ParseCount(length_line, item + " length");
-        std::string bytes(length, '\0');
-        if (!in.read(bytes.data(), static_cast<std::streamsize>(length))) {
-          Fail(item + ": fewer than " + std::to_string(length) + " bytes (truncated file?)");
-        }
-        ExpectNewline(in, item);
-        flat(static_cast<int64_t>(i)) = bytes;
-      }
-      inputs.emplace(name, std::move(tensor));
+      inputs.emplace(name, ReadStrings(in, header, where));
     } else if (kind == "float") {
-      std::string rank_text;
-      header >> rank_text;
-      const uint64_t rank = ParseCount(rank_text, where + " rank");
-      tensorflow::TensorShape shape;
-      for (uint64_t d = 0; d < rank; ++d) {
-        std::string dim_text;
-        header >> dim_text;
-        shape.AddDim(static_cast<int64_t>(ParseCount(dim_text, where + " dim")));
-      }
-      tensorflow::Tensor tensor(tensorflow::DT_FLOAT, shape);
-      // The writer uses little-endian float32, the byte order of every TF CPU target we build on.
-      const auto bytes = static_cast<std::streamsize>(tensor.NumElements() * sizeof(float));
-      if (!in.read(reinterpret_cast<char*>(tensor.flat<float>().data()), bytes)) {
-        Fail(where + ": fewer than " + std::to_string(bytes) + " data bytes (truncated file?)");
-      }
-      ExpectNewline(in, where);
-      inputs.emplace(name, std::move(tensor));
+      inputs.emplace(name, ReadDense(in, header, tensorflow::DT_FLOAT, sizeof(float), where));
+    } else if (kind == "int32") {
+      inputs.emplace(name, ReadDense(in, header, tensorflow::DT_INT32, sizeof(int32_t), where));
     } else {
-      Fail(where + ": unknown kind '" + kind + "' (expected 'string' or 'float')");
+      Fail(where + ": unknown kind '" + kind + "' (expected 'string', 'float' or 'int32')");
     }
   }
-  if (inputs.empty()) Fail(path + ": no inputs");
-  return inputs;
+  if (calls.empty()) Fail(path + ": no inputs");
+  for (const Call& call : calls) {
+    if (call.inputs.empty()) Fail(path + ": call of '" + call.signature + "' has no inputs");
+  }
+  return calls;
 }
 
 // Structural UTF-8 check (lead byte + continuation bytes); enough to pick string vs b64.
@@ -294,47 +330,28 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const Args args = ParseArgs(argc, argv);
-
-  // Custom ops must be registered before the graph is imported; RTLD_GLOBAL lets the
-  // libraries resolve symbols against the already-loaded libtensorflow_framework.
-  for (const std::string& library : args.op_libraries) {
-    if (dlopen(library.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
-      Fail("cannot load op library " + library + ": " + dlerror());
-    }
-  }
-  std::map<std::string, tensorflow::Tensor> inputs = ReadInputs(args.input_file);
-
-  const Clock::time_point load_start = Clock::now();
-  tensorflow::SavedModelBundle bundle;
-  // "serve" is tensorflow::kSavedModelTagServe; tag_constants.h is not shipped in the wheel.
-  const absl::Status load_status = tensorflow::LoadSavedModel(
-      tensorflow::SessionOptions(), tensorflow::RunOptions(), args.export_dir, {"serve"}, &bundle);
-  if (!load_status.ok()) Fail("loading " + args.export_dir + ": " + load_status.ToString());
-  const double load_ms = MsSince(load_start);
-
+// Runs one call's signature (one untimed warm-up run, then `repeats` timed ones); its JSON object.
+std::string RunCall(const tensorflow::SavedModelBundle& bundle, const std::string& export_dir,
+                    const std::string& input_file, Call call, int repeats) {
   const auto& signatures = bundle.meta_graph_def.signature_def();
-  const auto signature_it = signatures.find(args.signature);
+  const auto signature_it = signatures.find(call.signature);
   if (signature_it == signatures.end()) {
     std::string names;
     for (const auto& entry : signatures) {
       if (entry.first.rfind("__", 0) == 0) continue;  // e.g. __saved_model_init_op
       names += (names.empty() ? "" : ", ") + entry.first;
     }
-    Fail("signature '" + args.signature + "' not in " + args.export_dir + " (has: " + names + ")");
+    Fail("signature '" + call.signature + "' not in " + export_dir + " (has: " + names + ")");
   }
   const tensorflow::SignatureDef& signature = signature_it->second;
 
   std::vector<std::pair<std::string, tensorflow::Tensor>> feeds;
   int64_t batch_size = -1;
   for (const auto& entry : signature.inputs()) {
-    const auto found = inputs.find(entry.first);
-    if (found == inputs.end()) {
-      Fail("signature '" + args.signature + "' needs input '" + entry.first + "', missing from " +
-           args.input_file);
+    const auto found = call.inputs.find(entry.first);
+    if (found == call.inputs.end()) {
+      Fail("signature '" + call.signature + "' needs input '" + entry.first + "', missing from " +
+           input_file);
     }
     if (found->second.dtype() != entry.second.dtype()) {
       Fail("input '" + entry.first + "': file gives " +
@@ -343,11 +360,11 @@ int main(int argc, char** argv) {
     }
     if (found->second.dims() > 0) batch_size = std::max(batch_size, found->second.dim_size(0));
     feeds.emplace_back(entry.second.name(), found->second);
-    inputs.erase(found);
+    call.inputs.erase(found);
   }
-  if (!inputs.empty()) {
-    Fail("input '" + inputs.begin()->first + "' is not an input of signature '" +
-         args.signature + "'");
+  if (!call.inputs.empty()) {
+    Fail("input '" + call.inputs.begin()->first + "' is not an input of signature '" +
+         call.signature + "'");
   }
 
   std::vector<std::string> output_keys;
@@ -367,32 +384,69 @@ int main(int argc, char** argv) {
     if (status.ToString().find("Op type not registered") != std::string::npos) {
       hint = "\n(custom ops such as TF-Text's must be loaded with --op_library LIB.so)";
     }
-    Fail("running signature '" + args.signature + "': " + status.ToString() + hint);
+    Fail("running signature '" + call.signature + "': " + status.ToString() + hint);
   };
   const Clock::time_point first_start = Clock::now();
   run();  // Untimed warm-up: the first run initialises kernels and allocators.
   const double first_run_ms = MsSince(first_start);
   const Clock::time_point timed_start = Clock::now();
-  for (int r = 0; r < args.repeats; ++r) run();
-  const double ms_per_run = MsSince(timed_start) / args.repeats;
+  for (int r = 0; r < repeats; ++r) run();
+  const double ms_per_run = MsSince(timed_start) / repeats;
   const double ms_per_example = batch_size > 0 ? ms_per_run / batch_size : ms_per_run;
 
-  std::string json = "{\"signature\": " + JsonString(args.signature) +
+  std::string json = "{\"signature\": " + JsonString(call.signature) +
                      ", \"batch_size\": " + std::to_string(batch_size) + ", \"outputs\": {";
   for (size_t i = 0; i < output_keys.size(); ++i) {
     json += (i ? ", " : "") + JsonString(output_keys[i]) + ": " +
             TensorJson(outputs[i], output_keys[i]);
   }
-  json += "}, \"load_ms\": " + JsonNumber(load_ms, "%.3f") +
-          ", \"first_run_ms\": " + JsonNumber(first_run_ms, "%.3f") +
-          ", \"runs\": " + std::to_string(args.repeats) +
+  json += "}, \"first_run_ms\": " + JsonNumber(first_run_ms, "%.3f") +
+          ", \"runs\": " + std::to_string(repeats) +
           ", \"ms_per_run\": " + JsonNumber(ms_per_run, "%.9g") +
           ", \"ms_per_example\": " + JsonNumber(ms_per_example, "%.9g") + "}";
-  std::printf("%s\n", json.c_str());
   std::fprintf(stderr,
-               "esr_predict: load %.1f ms, first run %.2f ms, %d timed run(s): %.3f ms/run, "
+               "esr_predict: %s: first run %.2f ms, %d timed run(s): %.3f ms/run, "
                "%.4f ms/example (batch %lld)\n",
-               load_ms, first_run_ms, args.repeats, ms_per_run, ms_per_example,
+               call.signature.c_str(), first_run_ms, repeats, ms_per_run, ms_per_example,
                static_cast<long long>(batch_size));
+  return json;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = ParseArgs(argc, argv);
+
+  // Custom ops must be registered before the graph is imported; RTLD_GLOBAL lets the
+  // libraries resolve symbols against the already-loaded libtensorflow_framework.
+  for (const std::string& library : args.op_libraries) {
+    if (dlopen(library.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) {
+      Fail("cannot load op library " + library + ": " + dlerror());
+    }
+  }
+  bool multi = false;
+  std::vector<Call> calls = ReadCalls(args.input_file, args.signature, &multi);
+
+  const Clock::time_point load_start = Clock::now();
+  tensorflow::SavedModelBundle bundle;
+  // "serve" is tensorflow::kSavedModelTagServe; tag_constants.h is not shipped in the wheel.
+  const absl::Status load_status = tensorflow::LoadSavedModel(
+      tensorflow::SessionOptions(), tensorflow::RunOptions(), args.export_dir, {"serve"}, &bundle);
+  if (!load_status.ok()) Fail("loading " + args.export_dir + ": " + load_status.ToString());
+  const double load_ms = MsSince(load_start);
+  std::fprintf(stderr, "esr_predict: load %.1f ms\n", load_ms);
+
+  const std::string load_json = "\"load_ms\": " + JsonNumber(load_ms, "%.3f");
+  if (!multi) {
+    std::string json = RunCall(bundle, args.export_dir, args.input_file, std::move(calls[0]), args.repeats);
+    json.back() = ',';  // one object: the call's fields, then load_ms
+    std::printf("%s %s}\n", json.c_str(), load_json.c_str());
+    return 0;
+  }
+  std::string json = "{" + load_json + ", \"calls\": [";
+  for (size_t i = 0; i < calls.size(); ++i) {
+    json += (i ? ", " : "") + RunCall(bundle, args.export_dir, args.input_file, std::move(calls[i]), args.repeats);
+  }
+  std::printf("%s]}\n", json.c_str());
   return 0;
 }
