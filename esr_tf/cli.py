@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from esr_tf.cli_search import UsageError, add_search_commands
 from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
+from esr_tf.search.cli import UsageError, add_search_commands
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -159,11 +159,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from esr_tf.export.verify import format_report, verify_export
+    from esr_tf.export.verify import verify_and_print
 
-    report = verify_export(args.export_dir, cpp=not args.no_cpp)
-    print(format_report(report))
-    return 0 if report["ok"] else 1
+    return verify_and_print(args.export_dir, cpp=not args.no_cpp)
 
 
 def cmd_summary(args) -> int:
@@ -202,7 +200,7 @@ def cmd_bench(args) -> int:
     if args.suite == "scale":
         from esr_tf.bench.scale import run_scale_bench as run
     elif args.suite == "search":
-        from esr_tf.bench.search import run_search_bench as run
+        from esr_tf.search.bench import run_search_bench as run
     elif args.suite == "precision":
         from esr_tf.bench.precision import run_precision_bench
 
@@ -349,11 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     from google.protobuf.message import DecodeError
 
     from esr_tf.data import CatalogueError
-    from esr_tf.export.catalogue_index import IndexBuildError
     from esr_tf.export.versions import ExportError
     from esr_tf.models.backbones.errors import WeightsNotInstalledError
     from esr_tf.models.builder import ModelFileError
-    from esr_tf.serving.search_client import SearchRequestError
+    from esr_tf.search.catalogue import IndexBuildError
+    from esr_tf.search.client import SearchRequestError
     from esr_tf.training.config import ConfigError
     from esr_tf.training.trainer import TrainingError
 

@@ -43,3 +43,8 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     return Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "esr_tf")
+# How the fusion head reads the photo (`models.fusion_head`); `cross_attention` is the default.
+FUSION_MODES = ("cross_attention", "concat", "gated", "text_only", "image_only")
+# Feature-store token storage -> the split folders' suffix (`training.store_writer`; the float16
+# stores of before had no suffix and no per-token scale: never read again).
+FEATURE_STORE_FORMATS = {"int8": "q8", "float16": "f16"}

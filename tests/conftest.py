@@ -61,7 +61,7 @@ def tiny_towers(tiny_trained):
 @pytest.fixture(scope="session")
 def tiny_index(tiny_trained, tiny_towers, tmp_path_factory):
     """`<base>/shop/1`: a search index export of the tiny demo shop (all its products)."""
-    from esr_tf.export.index_export import export_search_index
+    from esr_tf.search.index import export_search_index
 
     base = tmp_path_factory.mktemp("index_models")
     products = list(tiny_trained.catalogue.products.values())

@@ -271,8 +271,8 @@ def side_experiments(
 
 
 def _image_sizes(model, config, batch_size: int, repeats: int) -> dict:
-    from esr_tf.models.backbones.image_backbone import build_image_backbone
     from esr_tf.models.builder import tiny_image_backbone
+    from esr_tf.models.presets import build_image_backbone
 
     ms = {}
     for size in (160, 224):

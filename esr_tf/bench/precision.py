@@ -56,7 +56,7 @@ def _photo_batch(model, paths: list[str]) -> tf.Tensor:
 
 
 def _speed(model, encoders: dict, ids: dict, photos: tf.Tensor, rounds: int) -> dict:
-    from esr_tf.training.feature_cache import encode_text_rows, traced_text_encoder
+    from esr_tf.training.encoder_pass import encode_text_rows, traced_text_encoder
 
     text = {p: traced_text_encoder(e.encode_text) for p, e in encoders.items()}
     image = {p: tf.function(lambda x, m=e.image: m(x, training=False), autograph=False) for p, e in encoders.items()}
@@ -97,7 +97,8 @@ def run_precision_bench(out_dir: str | Path, quick: bool = False, *, data: str |
     """Runs the precision suite; writes and returns `precision.json` (see the module docstring)."""
     from esr_tf.data import generate_demo_shop, load_catalogue
     from esr_tf.models.builder import ModelConfig, build_relevance_model, load_model
-    from esr_tf.training.feature_cache import BackboneFeatures, FrozenEncoders, tokenize_columns
+    from esr_tf.training.encoder_pass import FrozenEncoders, tokenize_columns
+    from esr_tf.training.feature_cache import BackboneFeatures
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ side by side in one process:
   training's frozen-backbone pass runs).
 
 What they bring in quality (macro-F1) comes from training, not from this suite: `esr-tf ablate
---set model.product_text=...` per setting (README, "Measured numbers").
+--set model.product_text=...` per setting (docs/benchmarks.md).
 
 Results go to `<out>/text.json` and `<out>/text.md`, with the load average.
 
@@ -55,7 +55,7 @@ def _preprocessor(base, product_text: Mapping[str, int], sequence_length: int):
 
 def _cut_share(pre, columns) -> float:
     """Share of pairs whose query + budgeted fields do not fit `sequence_length`."""
-    from esr_tf.training.feature_cache import tokenize_columns
+    from esr_tf.training.encoder_pass import tokenize_columns
 
     wide = _preprocessor(pre, pre.product_text, 4096)
     ids = tokenize_columns(wide, columns, 256)
@@ -63,7 +63,7 @@ def _cut_share(pre, columns) -> float:
 
 
 def _setting_row(model, pre, name: str, columns, pairs: int) -> tuple[dict, dict]:
-    from esr_tf.training.feature_cache import encode_text_rows, tokenize_columns, traced_text_encoder
+    from esr_tf.training.encoder_pass import encode_text_rows, tokenize_columns, traced_text_encoder
 
     ids = tokenize_columns(pre, {k: np.asarray(v)[:pairs] for k, v in columns.items()}, 256)
     encode = traced_text_encoder(model.encode_text)

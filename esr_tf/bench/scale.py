@@ -112,15 +112,15 @@ def compare_training_speed(data: str, out_dir: str, store: str, overrides: list[
     from esr_tf.training.config import parse_config
 
     config = parse_config({"data": data, "out_dir": out_dir}, [*_SETS, f"feature_store={store}", *overrides])
-    strategy, config, catalogue = trainer._prepare_run(config, None, overwrite=True)
-    trainee = trainer._build_trainee(config, catalogue, strategy)
+    strategy, config, catalogue = trainer.prepare_run(config, None, overwrite=True)
+    trainee = trainer.build_trainee(config, catalogue, strategy)
     in_ram = replace(config, feature_store="")
-    store_features = trainer._backbone_features(config, trainee, None, verbose=0)
-    ram_features = trainer._backbone_features(in_ram, trainee, None, verbose=0)  # one pass for both RAM sources
+    store_features = trainer.backbone_features(config, trainee, None, verbose=0)
+    ram_features = trainer.backbone_features(in_ram, trainee, None, verbose=0)  # one pass for both RAM sources
     sources = {
-        "store": trainer._datasets(config, trainee, store_features, strategy)[0],
-        "ram": trainer._datasets(in_ram, trainee, ram_features, strategy)[0],
-        "fixed_length_ram": trainer._datasets(in_ram, trainee, ram_features, strategy, full_length=True)[0],
+        "store": trainer.training_datasets(config, trainee, store_features, strategy)[0],
+        "ram": trainer.training_datasets(in_ram, trainee, ram_features, strategy)[0],
+        "fixed_length_ram": trainer.training_datasets(in_ram, trainee, ram_features, strategy, full_length=True)[0],
     }
     for ds in sources.values():  # traces the step for each input signature
         trainee.fitted.fit(ds, epochs=1, steps_per_epoch=SKIP_STEPS + 2, verbose=0)

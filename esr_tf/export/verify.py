@@ -164,3 +164,10 @@ def format_report(report: dict) -> str:
     lines.append("  saved_model_cli show:")
     lines.extend("    " + line for line in report["saved_model_cli"].splitlines())
     return "\n".join(lines)
+
+
+def verify_and_print(export_dir: str | Path, *, cpp: bool = True) -> int:
+    """`esr-tf verify`: runs `verify_export`, prints its report; the exit code (0 PASS, 1 FAIL)."""
+    report = verify_export(export_dir, cpp=cpp)
+    print(format_report(report))
+    return 0 if report["ok"] else 1

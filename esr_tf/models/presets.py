@@ -24,6 +24,7 @@ from pathlib import Path
 
 import keras
 
+from esr_tf.constants import IMAGE_SIZE
 from esr_tf.models.backbones import image_backbone, lite0_weights, text_backbone
 from esr_tf.models.backbones.tiny import TINY_TEXT, tiny_cnn
 
@@ -128,7 +129,7 @@ def image_value_range(name: str) -> tuple[float, float]:
 
 
 def build_image_backbone(
-    name: str = DEFAULT_IMAGE, weights: str | Path | None = "pretrained", image_size: int = 160
+    name: str = DEFAULT_IMAGE, weights: str | Path | None = "pretrained", image_size: int = IMAGE_SIZE
 ) -> keras.Model:
     """Builds the image preset `name`, returning its last feature map.
 

@@ -25,14 +25,15 @@ from __future__ import annotations
 import keras
 import keras_hub
 
+from esr_tf.constants import FUSION_MODES
 from esr_tf.labels import LabelSet
 from esr_tf.models import attention_maps as am
 from esr_tf.models import fusion_layers as fl
+from esr_tf.models.config import MODEL_DEFAULTS
 from esr_tf.models.fusion_head import build_fusion_head, head_inputs
 from esr_tf.models.relevance_backbone import TEXT_INPUTS, RelevanceBackbone
 from esr_tf.preprocessing.relevance_preprocessor import RelevancePreprocessor
 
-FUSION_MODES = ("cross_attention", "concat", "gated", "text_only", "image_only")
 __all__ = ["FUSION_MODES", "TEXT_INPUTS", "RelevanceBackbone", "RelevanceModel"]
 
 
@@ -113,18 +114,18 @@ class RelevanceModel(keras_hub.models.Task):
         self,
         backbone: RelevanceBackbone,
         preprocessor=None,
-        fusion: str = "cross_attention",
-        hidden_dim: int = 256,
-        num_heads: int = 4,
-        intermediate_dim: int = 512,
-        num_fusion_layers: int = 1,
-        text_self_attention: bool = True,
-        dropout: float = 0.1,
-        modality_dropout: float = 0.1,
-        photo_summary: bool = True,
+        fusion: str = MODEL_DEFAULTS.fusion,
+        hidden_dim: int = MODEL_DEFAULTS.hidden_dim,
+        num_heads: int = MODEL_DEFAULTS.num_heads,
+        intermediate_dim: int = MODEL_DEFAULTS.intermediate_dim,
+        num_fusion_layers: int = MODEL_DEFAULTS.num_fusion_layers,
+        text_self_attention: bool = MODEL_DEFAULTS.text_self_attention,
+        dropout: float = MODEL_DEFAULTS.dropout,
+        modality_dropout: float = MODEL_DEFAULTS.modality_dropout,
+        photo_summary: bool = MODEL_DEFAULTS.photo_summary,
         label_set: LabelSet | dict | None = None,
-        freeze_text: bool = False,
-        freeze_image: bool = False,
+        freeze_text: bool = MODEL_DEFAULTS.freeze_text,
+        freeze_image: bool = MODEL_DEFAULTS.freeze_image,
         special_token_ids: list[int] | None = None,
         **kwargs,
     ) -> None:

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
-from esr_tf.models.builder import ModelConfig
+from esr_tf.constants import FEATURE_STORE_FORMATS, MISSING_IMAGE_POLICIES, STRATEGIES
+from esr_tf.models.config import ModelConfig
 from esr_tf.models.precision import PRECISIONS as FEATURE_PASS_PRECISIONS
 from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
 
@@ -40,7 +40,7 @@ LOSSES = ("crossentropy", "focal")
 CLASS_WEIGHTS = ("none", "balanced")
 DEMO_SIZES = ("tiny", "small", "default", "large")
 MIXED_PRECISION = ("auto", "on", "off")
-FEATURE_STORE_DTYPES = ("int8", "float16")  # `training.feature_store.FORMATS`
+FEATURE_STORE_DTYPES = tuple(FEATURE_STORE_FORMATS)
 MAX_CONFIG_BYTES = 64 * 1024
 MAX_CONFIG_VALUES = 10_000  # values counted through YAML aliases, so alias bombs stop here
 MAX_CONFIG_DEPTH = 16

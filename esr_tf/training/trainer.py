@@ -41,14 +41,10 @@ from esr_tf.training.distribute import (
     num_workers,
     worker_out_dir,
 )
-from esr_tf.training.feature_cache import (
-    BackboneFeatures,
-    backbone_fingerprint,
-    examples_digest,
-    length_multiple_for,
-    targets_and_weights,
-)
+from esr_tf.training.encoder_pass import backbone_fingerprint, examples_digest
+from esr_tf.training.feature_cache import BackboneFeatures, length_multiple_for, targets_and_weights
 from esr_tf.training.losses import RelevanceLoss
+from esr_tf.training.optimization import NaNGuard, make_callbacks, make_optimizer
 from esr_tf.training.run_state import full_history, prepare_out_dir, run_fingerprint
 
 log = logging.getLogger("esr_tf.training")
@@ -96,61 +92,6 @@ def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.nd
     present = max(1, int((counts > 0).sum()))
     weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
     return weights.astype(np.float32)
-
-
-def _optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    total = max(1, steps_per_epoch * config.epochs)
-    warmup = int(total * config.warmup_fraction)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else config.learning_rate,
-        decay_steps=max(1, total - warmup),
-        alpha=0.05,
-        warmup_target=config.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-
-
-class NaNGuard(keras.callbacks.TerminateOnNaN):
-    """`TerminateOnNaN` that remembers where the loss went bad, for the error message."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.where: tuple[int, int] | None = None
-        self.epoch = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)) and self.where is None:
-            self.where = (self.epoch + 1, batch + 1)
-        super().on_batch_end(batch, logs)
-
-
-def _callbacks(config: TrainConfig, out: Path, guard: NaNGuard) -> list[keras.callbacks.Callback]:
-    callbacks: list[keras.callbacks.Callback] = [
-        guard,
-        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
-        keras.callbacks.ModelCheckpoint(
-            str(out / "checkpoints" / "best.weights.h5"),
-            monitor="val_loss",
-            save_best_only=True,
-            save_weights_only=True,
-        ),
-        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        keras.callbacks.TensorBoard(str(out / "logs"), write_graph=False),
-    ]
-    if config.early_stopping_patience > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss",
-                patience=config.early_stopping_patience,
-                restore_best_weights=True,
-            )
-        )
-    return callbacks
 
 
 def training_parts(config: TrainConfig, catalogue: Catalogue, model) -> dict[str, dict[str, np.ndarray]]:
@@ -208,7 +149,7 @@ def _set_precision(config: TrainConfig) -> None:
 
 
 @dataclass
-class _Trainee:
+class Trainee:
     """What `fit` needs, built once under the strategy's scope."""
 
     model: keras.Model  # the full RelevanceModel: saved and returned
@@ -236,13 +177,13 @@ def train(
     `TrainResult.features`), reused when they come from the same encoders (weights and
     layers) and hold the same examples of every split.
     """
-    strategy, config, catalogue = _prepare_run(config, catalogue, overwrite)
+    strategy, config, catalogue = prepare_run(config, catalogue, overwrite)
     out = Path(config.out_dir)
-    trainee = _build_trainee(config, catalogue, strategy)
+    trainee = build_trainee(config, catalogue, strategy)
     started = time.perf_counter()
-    features = _backbone_features(config, trainee, features, verbose)
+    features = backbone_features(config, trainee, features, verbose)
     seconds = {"features": time.perf_counter() - started}
-    train_ds, valid_ds = _datasets(config, trainee, features, strategy)
+    train_ds, valid_ds = training_datasets(config, trainee, features, strategy)
     guard = NaNGuard()
     started = time.perf_counter()
     history = trainee.fitted.fit(
@@ -250,20 +191,20 @@ def train(
         validation_data=valid_ds,
         epochs=config.epochs,
         steps_per_epoch=trainee.steps,
-        callbacks=_callbacks(config, out, guard),
+        callbacks=make_callbacks(config, out, guard),
         verbose=verbose,
     )
     seconds["fit"] = time.perf_counter() - started
     result = _finish(trainee.model, history.history, guard, catalogue, out, features)
     result.seconds = seconds
     if config.retrieval.epochs:  # the two-tower model for catalogue search: retrieval.keras
-        from esr_tf.training.retrieval import fit_for_run
+        from esr_tf.search.fit import fit_for_run
 
         result.retrieval_metrics = fit_for_run(config, result, multi_worker=is_multi_worker(strategy))
     return result
 
 
-def _prepare_run(
+def prepare_run(
     config: TrainConfig, catalogue: Catalogue | None, overwrite: bool
 ) -> tuple[tf.distribute.Strategy, TrainConfig, Catalogue]:
     """Strategy, this worker's out dir, seeds, precision, the catalogue and the run's fingerprint."""
@@ -285,7 +226,7 @@ def _prepare_run(
     return strategy, config, catalogue
 
 
-def _build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distribute.Strategy) -> _Trainee:
+def build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distribute.Strategy) -> Trainee:
     """The model and what `fit` trains (full model or its head), compiled under `strategy`."""
     with strategy.scope():
         model = build_relevance_model(config.model)
@@ -298,15 +239,15 @@ def _build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distr
         cached = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable
         fitted = model.head_model() if cached else model
         fitted.compile(
-            optimizer=_optimizer(config, steps),
+            optimizer=make_optimizer(config, steps),
             loss={"probabilities": loss},
             metrics={"probabilities": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]},
         )
-    return _Trainee(model, fitted, parts, weights, steps, cached)
+    return Trainee(model, fitted, parts, weights, steps, cached)
 
 
-def _backbone_features(
-    config: TrainConfig, trainee: _Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
+def backbone_features(
+    config: TrainConfig, trainee: Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
 ) -> dict[str, BackboneFeatures]:
     """The frozen-backbone outputs the head trains on: from `config.feature_store` (written
     there once), else those passed in if they fit, else computed once; `{}` when the full
@@ -332,9 +273,9 @@ def _backbone_features(
                                               precision=config.feature_pass_precision)
 
 
-def _datasets(
+def training_datasets(
     config: TrainConfig,
-    trainee: _Trainee,
+    trainee: Trainee,
     features: Mapping[str, BackboneFeatures],
     strategy: tf.distribute.Strategy,
     full_length: bool = False,

@@ -93,11 +93,24 @@ def _default_text(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+def test_readme_is_a_front_door_and_its_pages_exist():
+    """#30: the README stays short, its two commands first, and every docs page it links exists."""
+    text = _readme()
+    assert len(text.splitlines()) <= 220
+    assert text.index("esr-tf demo") < text.index("## The model in Python")
+    for link in re.findall(r"\]\(((?:docs|export)/[^)#]+)\)", text):
+        assert (ROOT / link).is_file(), f"README links {link}, which does not exist"
+    for page in ("benchmarks", "configuration", "serving", "search", "feature_store", "architecture"):
+        assert f"docs/{page}.md" in text, f"README does not link docs/{page}.md"
+
+
 def test_readme_configuration_reference_matches_the_dataclasses():
+    """The configuration reference (docs/configuration.md, linked from the README)."""
     from esr_tf.models.builder import ModelConfig
     from esr_tf.training.config import TrainConfig
 
-    rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", _readme(), flags=re.M))
+    reference = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", reference, flags=re.M))
     for cls, prefix in ((TrainConfig, ""), (ModelConfig, "model.")):
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -90,7 +90,7 @@ def test_missing_field_and_bad_config_name_the_field(tokenizer):
 def test_packing_is_part_of_the_feature_fingerprint():
     """Stored backbone outputs are never reused across product_text settings."""
     from esr_tf.models.builder import TINY_MODEL, build_relevance_model
-    from esr_tf.training.feature_cache import backbone_fingerprint
+    from esr_tf.training.encoder_pass import backbone_fingerprint
 
     a = build_relevance_model(**TINY_MODEL, text_weights="random")
     b = build_relevance_model(**TINY_MODEL, text_weights="random", product_text={"title": 16})

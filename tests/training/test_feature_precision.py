@@ -10,7 +10,8 @@ from esr_tf.models.builder import TINY_MODEL, build_relevance_model
 from esr_tf.models.precision import AUTO_SPEEDUP, bfloat16_copy, check_precision, cpu_flags, faster_precision
 from esr_tf.training import feature_store as fs
 from esr_tf.training.config import ConfigError, parse_config
-from esr_tf.training.feature_cache import BackboneFeatures, FrozenEncoders, backbone_fingerprint
+from esr_tf.training.encoder_pass import FrozenEncoders, backbone_fingerprint
+from esr_tf.training.feature_cache import BackboneFeatures
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from esr_tf.models.builder import TINY_MODEL, build_relevance_model
+from esr_tf.training import encoder_pass, store_writer
 from esr_tf.training import feature_store as fs
 from esr_tf.training.feature_cache import (
     XLA_LENGTH_MULTIPLE,
@@ -61,7 +62,8 @@ def test_each_example_is_stored_at_its_own_length_in_int8(model, parts, store):
     # field names add ~200 bytes an example (3 % of MiniLM's 6.6 KB for 17 tokens)
     overhead = (train_bytes - tokens * (hidden + 2)) / len(store.view("train"))
     assert 0 < overhead < 256
-    assert all(Path(p).parent.name.endswith(f"-{fs.FORMATS['int8']}-{fs.LAYOUT}") for p in store.splits["train"].files)
+    suffix = f"-{store_writer.FORMATS['int8']}-{store_writer.LAYOUT}"
+    assert all(Path(p).parent.name.endswith(suffix) for p in store.splits["train"].files)
 
 
 def test_batches_are_cut_to_their_longest_text_with_the_same_outputs(model, parts, store):
@@ -119,8 +121,8 @@ def test_a_text_mask_with_gaps_cannot_be_stored():
     mask = np.array([[1, 1, 1, 0], [1, 0, 1, 0]])
     np.testing.assert_array_equal(text_extent(mask), [3, 3])
     with pytest.raises(ValueError, match="shard-00000.tfrecord: the text encoder's text_mask has gaps"):
-        fs._stored_lengths(mask, Path("shard-00000.tfrecord"))
-    np.testing.assert_array_equal(fs._stored_lengths(mask[:1], Path("x")), [3])
+        store_writer.stored_lengths(mask, Path("shard-00000.tfrecord"))
+    np.testing.assert_array_equal(store_writer.stored_lengths(mask[:1], Path("x")), [3])
 
 
 def test_a_float16_store_is_its_own_and_agrees_to_float16_precision(model, parts, store):
@@ -155,7 +157,7 @@ def test_a_large_photo_table_is_read_from_its_file_with_the_same_maps(model, sto
 def test_the_config_offers_exactly_the_store_formats():
     from esr_tf.training.config import FEATURE_STORE_DTYPES  # kept apart: config imports no TF
 
-    assert FEATURE_STORE_DTYPES == tuple(fs.FORMATS)
+    assert FEATURE_STORE_DTYPES == tuple(store_writer.FORMATS)
 
 
 def test_quantized_tokens_are_off_by_at_most_half_a_step():
@@ -163,7 +165,7 @@ def test_quantized_tokens_are_off_by_at_most_half_a_step():
     seq = rng.normal(size=(6, 384)).astype(np.float32)
     seq[1, 7] = 40.0  # an outlier dimension coarsens its own token only
     seq[2] = 0.0  # an all-zero token (scale 1, all zeros back)
-    q, scale = fs.quantize_tokens(seq)
+    q, scale = store_writer.quantize_tokens(seq)
     assert q.dtype == np.int8 and scale.dtype == np.float16 and np.abs(q).max() <= 127
     back = q.astype(np.float32) * scale.astype(np.float32)[:, None]
     step = scale.astype(np.float32)[:, None]
@@ -176,8 +178,8 @@ def test_a_rerun_reuses_every_shard(model, parts, store, monkeypatch):
     def no_encoding(*args, **kwargs):
         raise AssertionError("a rerun recomputed stored features")
 
-    monkeypatch.setattr(fs, "encode_text_rows", no_encoding)
-    monkeypatch.setattr(fs, "photo_feature_maps", no_encoding)
+    monkeypatch.setattr(store_writer, "encode_text_rows", no_encoding)
+    monkeypatch.setattr(store_writer, "photo_feature_maps", no_encoding)
     again = fs.FeatureStore.build(model, parts, store.folder.parent, shard_examples=64)
     assert again.folder == store.folder and again.splits["train"].files == store.splits["train"].files
 
@@ -188,8 +190,8 @@ def test_a_killed_pass_recomputes_only_the_missing_shard(model, parts, store, mo
     before = open(shards[0], "rb").read()
     Path(shards[-1]).unlink()
     calls = []
-    real = fs.encode_text_rows
-    monkeypatch.setattr(fs, "encode_text_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = encoder_pass.encode_text_rows
+    monkeypatch.setattr(store_writer, "encode_text_rows", lambda *a, **k: calls.append(1) or real(*a, **k))
     fs.FeatureStore.build(model, parts, store.folder.parent, shard_examples=64)
     assert len(calls) == 1 and open(shards[0], "rb").read() == before
     assert all(Path(p).exists() for p in shards)
@@ -210,7 +212,7 @@ def test_train_streams_from_the_store_and_reuses_it(tiny_catalogue, tmp_path, mo
                            "feature_store": str(tmp_path / "features"), "retrieval": {"epochs": 0}})
     result = train(config, catalogue=tiny_catalogue, verbose=0)
     assert result.epochs_run == 1 and isinstance(result.features["test"], fs.StoreSplit)
-    monkeypatch.setattr(fs, "encode_text_rows", lambda *a, **k: pytest.fail("the rerun recomputed features"))
+    monkeypatch.setattr(store_writer, "encode_text_rows", lambda *a, **k: pytest.fail("the rerun recomputed features"))
     # another run with the same (seeded, random-init) encoders: a concat head on the same store
     again = parse_config({**config.to_dict(), "out_dir": str(tmp_path / "run2")}, ["model.fusion=concat"])
     assert train(again, catalogue=tiny_catalogue, verbose=0).epochs_run == 1

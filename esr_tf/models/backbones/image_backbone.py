@@ -22,16 +22,6 @@ from esr_tf.models.backbones.errors import WeightsNotInstalledError  # noqa: F40
 __all__ = ["InferenceModeBackbone", "WeightsNotInstalledError", "keras_application", "lite0", "wrap"]
 
 
-def __getattr__(name: str):
-    # The registry's functions under their old address (`bench.figures`, notebooks); resolved
-    # lazily because `esr_tf.models.presets` imports this module.
-    if name in ("build_image_backbone", "image_value_range"):
-        from esr_tf.models import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 @keras.saving.register_keras_serializable(package="esr_tf")
 class InferenceModeBackbone(keras.layers.Layer):
     """Calls a backbone with `training=False` always, so batch norm uses (and keeps) its

@@ -13,7 +13,7 @@ for a whole catalogue. Retrieval embeds queries and products apart, so a product
 
 `build_two_tower` returns one functional `keras.Model` holding both towers; `query_tower()` /
 `product_tower()` are views of it that share its weights. Training (in-batch and judged hard
-negatives, keras_rs layers) is `esr_tf.training.retrieval`.
+negatives, keras_rs layers) is `esr_tf.search.fit`.
 
 Example:
 >>> towers = build_two_tower(text_dim=8, image_dim=4, embedding_dim=16)

@@ -32,8 +32,8 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.constants import DEFAULT_RERANK
-from esr_tf.export.catalogue_index import IndexArrays
-from esr_tf.models.retrieval import query_tower, sentence_embedding, trim_padding
+from esr_tf.search.catalogue import IndexArrays
+from esr_tf.search.towers import query_tower, sentence_embedding, trim_padding
 
 DEFAULT_K = 10
 COMPLEMENT_POOL = 100

@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def _load_models(args):
 
 def cmd_index(args) -> int:
     from esr_tf.data import load_catalogue, load_products, read_product_ids
-    from esr_tf.export.index_export import export_search_index, update_search_index
+    from esr_tf.search.index import export_search_index, update_search_index
 
     updating = args.add or args.remove
     if bool(updating) == bool(args.data):
@@ -56,9 +55,9 @@ def cmd_index(args) -> int:
     print(f"indexed {info['products']} products ({info['photos']} photos) in {path}")
     if args.no_verify:
         return 0
-    from esr_tf.cli import cmd_verify
+    from esr_tf.export.verify import verify_and_print
 
-    return cmd_verify(argparse.Namespace(export_dir=str(path), no_cpp=args.no_cpp))
+    return verify_and_print(path, cpp=not args.no_cpp)
 
 
 def _table(rows: list[dict]) -> str:
@@ -70,7 +69,7 @@ def _table(rows: list[dict]) -> str:
 
 
 def cmd_search(args) -> int:
-    from esr_tf.serving.search_client import SearchClient
+    from esr_tf.search.client import SearchClient
 
     if args.evaluate:
         return _evaluate(args)
@@ -88,8 +87,8 @@ def cmd_search(args) -> int:
 
 def _evaluate(args) -> int:
     from esr_tf.data import load_catalogue
-    from esr_tf.export.search_eval import evaluate_search
-    from esr_tf.serving.search_client import resolve_export
+    from esr_tf.search.client import resolve_export
+    from esr_tf.search.evaluate import evaluate_search
 
     if not args.data:
         raise UsageError("--evaluate needs --data CATALOGUE (its judged queries)")

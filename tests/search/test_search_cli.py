@@ -82,7 +82,7 @@ def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue
     code, out, _ = _run(["search", "--model", f"{base}/shop", "--similar", "new-9", "--json"], capsys)
     assert code == 0 and "new-9" not in [h["product_id"] for h in json.loads(out)]
     # the products kept keep their stored vectors, bit for bit; version 1 stays as it was
-    from esr_tf.export.catalogue_index import read_index
+    from esr_tf.search.catalogue import read_index
 
     old, now = read_index(base / "shop" / "1"), read_index(base / "shop" / "2")
     keep = [i for i, p in enumerate(old.product_ids) if p != gone]
@@ -105,12 +105,12 @@ def test_every_export_command_runs_the_cpp_check_by_default(tmp_path, monkeypatc
     """#28: `esr-tf export` and `esr-tf index` verify in C++ unless told not to (`--no-cpp`)."""
     import inspect
 
-    import esr_tf.cli_search as cli_search
     import esr_tf.data as data
-    import esr_tf.export.index_export as index_export
     import esr_tf.export.saved_model as saved_model
     import esr_tf.export.verify as verify
     import esr_tf.models.builder as builder
+    import esr_tf.search.cli as cli_search
+    import esr_tf.search.index as index_export
     from esr_tf.demo import run_demo
 
     version = tmp_path / "m" / "1"

@@ -12,7 +12,7 @@ from esr_tf.models.builder import TINY_MODEL as TINY
 
 @pytest.mark.slow
 def test_quick_search_suite_writes_every_figure(tmp_path):
-    from esr_tf.bench.search import SIZES, run_search_bench
+    from esr_tf.search.bench import SIZES, run_search_bench
 
     run_search_bench(tmp_path, quick=True, model_overrides=TINY)
     result = json.loads((tmp_path / "search.json").read_text())

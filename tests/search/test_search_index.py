@@ -125,9 +125,9 @@ def test_warmup_records_cover_search(tiny_index):
 
 
 def test_update_refuses_other_models_and_bad_removals(tiny_index, tiny_trained, tiny_towers):
-    from esr_tf.export.catalogue_index import IndexBuildError
-    from esr_tf.export.index_export import update_search_index
-    from esr_tf.models.retrieval import build_two_tower
+    from esr_tf.search.catalogue import IndexBuildError
+    from esr_tf.search.index import update_search_index
+    from esr_tf.search.towers import build_two_tower
 
     base, name = tiny_index.parent.parent, tiny_index.parent.name
     other = build_two_tower(text_dim=tiny_towers.input["query_embedding"].shape[-1],

@@ -1,6 +1,6 @@
 """Request / response helpers for the search signatures of an `esr-tf index` export.
 
-Signatures (see `esr_tf.export.search_index`): `search(query)` (k = 10, re-rank 50),
+Signatures (see `esr_tf.search.graph`): `search(query)` (k = 10, re-rank 50),
 `search_top(query, k, rerank)`, `similar_products(product_id)`, `complements(product_id)`.
 Each returns, per input row, `product_ids`, `titles`, `labels`, `scores`, `probabilities` and
 `retrieval_scores` with k entries. REST bodies use TF Serving's columnar ("inputs") format,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from esr_tf.export.catalogue_index import IndexArrays, IndexBuildError, merge
+from esr_tf.search.catalogue import IndexArrays, IndexBuildError, merge
 
 
 def _arrays(ids, photo_rows, photos, dim=2, seed=0):
@@ -45,7 +45,7 @@ def test_merge_refuses_unknown_and_empty():
 
 
 def test_an_empty_catalogue_is_refused(tiny_trained, tiny_towers):
-    from esr_tf.export.catalogue_index import embed_catalogue
+    from esr_tf.search.catalogue import embed_catalogue
 
     with pytest.raises(IndexBuildError, match="no products to index"):
         embed_catalogue(tiny_trained.model, tiny_towers, [])

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esr_tf.export.versions import version_numbers
-from esr_tf.serving.search_requests import PRODUCT_SIGNATURES, SEARCH_OUTPUTS, ranked_rows, search_inputs
+from esr_tf.search.requests import PRODUCT_SIGNATURES, SEARCH_OUTPUTS, ranked_rows, search_inputs
 
 
 class SearchRequestError(ValueError):

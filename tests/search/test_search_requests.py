@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from esr_tf.serving.search_requests import (
+from esr_tf.search.requests import (
     parse_grpc_search_response,
     parse_search_response,
     rest_product_body,

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 
 def test_towers_share_weights_and_give_unit_vectors():
-    from esr_tf.models.retrieval import build_two_tower, product_tower, query_tower
+    from esr_tf.search.towers import build_two_tower, product_tower, query_tower
 
     towers = build_two_tower(text_dim=6, image_dim=3, embedding_dim=4)
     rng = np.random.default_rng(0)
@@ -27,7 +27,7 @@ def test_towers_share_weights_and_give_unit_vectors():
 
 
 def test_sentence_embedding_ignores_padding(tiny_trained):
-    from esr_tf.models.retrieval import sentence_embedding
+    from esr_tf.search.towers import sentence_embedding
 
     model = tiny_trained.model
     one = sentence_embedding(model, tf.constant(["red mug"])).numpy()
@@ -46,7 +46,7 @@ def test_train_fits_and_saves_the_retrieval_model(tiny_trained, tiny_towers):
 
 
 def test_recall_at_k_counts_exact_products_over_the_catalogue():
-    from esr_tf.training.retrieval import recall_at_k
+    from esr_tf.search.fit import recall_at_k
 
     products = np.eye(4, dtype=np.float32)
     queries = np.array([[1, 0.5, 0, 0], [0, 0, 0, 1]], np.float32)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
-from esr_tf.models.retrieval import product_tower
-from esr_tf.training.product_embeddings import photo_tokens, product_vectors
+from esr_tf.search.embeddings import photo_tokens, product_vectors
+from esr_tf.search.towers import product_tower
 
 
 class IndexBuildError(ValueError):

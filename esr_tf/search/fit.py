@@ -26,9 +26,9 @@ import keras_rs
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.models.retrieval import build_two_tower, product_tower, query_tower
+from esr_tf.search.embeddings import photo_tokens, product_vectors, text_embeddings
+from esr_tf.search.towers import build_two_tower, product_tower, query_tower
 from esr_tf.training.config import RetrievalConfig
-from esr_tf.training.product_embeddings import photo_tokens, product_vectors, text_embeddings
 
 log = logging.getLogger("esr_tf.training")
 RECALL_AT = (10, 100)

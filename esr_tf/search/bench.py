@@ -34,11 +34,11 @@ import tensorflow as tf
 
 from esr_tf.bench.timing import load_average, machine_info, summarize
 from esr_tf.data import generate_demo_shop, load_catalogue
-from esr_tf.export.catalogue_index import IndexArrays, embed_catalogue
-from esr_tf.export.index_export import write_index
-from esr_tf.export.search_index import CatalogueSearch
 from esr_tf.models.builder import ModelConfig, build_relevance_model
-from esr_tf.models.retrieval import build_two_tower
+from esr_tf.search.catalogue import IndexArrays, embed_catalogue
+from esr_tf.search.graph import CatalogueSearch
+from esr_tf.search.index import write_index
+from esr_tf.search.towers import build_two_tower
 
 SIZES = {False: (10_000, 100_000, 1_000_000), True: (2_000, 10_000)}
 QUERIES = {False: 40, True: 8}

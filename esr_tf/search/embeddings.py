@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.models.retrieval import sentence_embedding
 from esr_tf.preprocessing.pipeline import AUTOTUNE
+from esr_tf.search.towers import sentence_embedding
 
 
 def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:

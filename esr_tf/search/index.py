@@ -25,14 +25,6 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.export.catalogue_index import (
-    IndexArrays,
-    IndexBuildError,
-    embed_catalogue,
-    merge,
-    models_digest,
-    read_index,
-)
 from esr_tf.export.saved_model import (
     REFERENCE_FILE,
     build_archive,
@@ -42,10 +34,18 @@ from esr_tf.export.saved_model import (
     sample_inputs,
     write_version,
 )
-from esr_tf.export.search_index import CatalogueSearch
 from esr_tf.export.versions import check_model_name, version_numbers
+from esr_tf.search.catalogue import (
+    IndexArrays,
+    IndexBuildError,
+    embed_catalogue,
+    merge,
+    models_digest,
+    read_index,
+)
+from esr_tf.search.graph import CatalogueSearch
+from esr_tf.search.requests import search_warmup_records
 from esr_tf.serving.requests import WARMUP_FILE_NAME, write_warmup_file
-from esr_tf.serving.search_requests import search_warmup_records
 
 INDEX_INFO_FILE = "esr_tf_index.json"
 

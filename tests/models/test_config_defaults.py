@@ -1,0 +1,27 @@
+"""One home for each default (#30): the config dataclasses, which the model's constructor follows."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from esr_tf.models.config import MODEL_ARGS, MODEL_DEFAULTS, ModelConfig
+from esr_tf.models.relevance_model import RelevanceModel
+
+
+def test_relevance_model_defaults_are_model_config_defaults():
+    parameters = inspect.signature(RelevanceModel.__init__).parameters
+    shared = set(parameters) & {f.name for f in dataclasses.fields(ModelConfig)}
+    assert shared == set(MODEL_ARGS) | {"label_set"}, "MODEL_ARGS lists every argument both have"
+    for name in MODEL_ARGS:
+        assert parameters[name].default == getattr(MODEL_DEFAULTS, name), name
+        assert getattr(ModelConfig(), name) == getattr(MODEL_DEFAULTS, name), name
+
+
+def test_derived_tables_are_derived():
+    from esr_tf.constants import IMAGE_SIZE
+    from esr_tf.training.config import FEATURE_STORE_DTYPES
+    from esr_tf.training.store_writer import FORMATS
+
+    assert FEATURE_STORE_DTYPES == tuple(FORMATS)
+    assert ModelConfig().image_size == IMAGE_SIZE
