@@ -158,15 +158,8 @@ def _serving(clock, s: dict, out: Path, model, catalogue, columns, raw: dict, *,
     fields = model.preprocessor.product_fields
     requests = sv.raw_examples(columns, min(64, len(columns["label"])), fields=fields)
     preprocess = sv.graph_preprocess(model)
-    raw["serving"] = sv.measure_serving(
-        model,
-        loaded,
-        requests,
-        preprocess,
-        batch_size=BATCH,
-        repeats_b1=s["serve_b1"],
-        repeats_b=s["serve_b32"],
-    )
+    raw["serving"] = sv.measure_serving(model, loaded, requests, preprocess, batch_size=BATCH,
+                                        repeats_b1=s["serve_b1"], repeats_b=s["serve_b32"])
     products = sv.product_sample(catalogue.columns(), RERANK_PRODUCTS, fields)
     raw["rerank"] = sv.measure_rerank(
         loaded, products, query=str(columns["query"][0]), repeats=s["rerank_repeats"]

@@ -8,7 +8,7 @@ Example:
 >>> import tempfile
 >>> cat = load_catalogue(generate_demo_shop(tempfile.mkdtemp(), size="tiny"))
 >>> sorted(cat.columns("train"))[:3]
-['brand', 'color', 'description']
+['brand', 'bullets', 'color']
 """
 
 from esr_tf.data.catalogue import (

@@ -9,7 +9,7 @@ model's layout, saved files and outputs stay exactly as they were.
 Example:
 >>> from esr_tf.models.builder import TINY_MODEL, build_relevance_model
 >>> model = build_relevance_model(**TINY_MODEL)
->>> out = model.explain({"query": ["red shoe"], "title": ["Red shoe"], "image": [b""]})
+>>> out = model.explain({"query": ["red shoe"], "title": ["Red shoe"], "brand": [""], "color": [""], "image": [b""]})
 >>> out["attention"].shape, out["tokens"].shape  # [n, L, h, w], [n, L]
 ((1, 24, 8, 8), (1, 24))
 """

@@ -92,10 +92,13 @@ def _pooled_fusion(fusion: str, pooled_text, tokens, image_mask, hidden_dim: int
     return keras.layers.Concatenate(name="gated_concat")([pooled_text, gated])
 
 
-def _outputs(features, *, hidden_dim: int, dropout: float, label_set: LabelSet) -> dict:
-    x = keras.layers.Dropout(dropout, name="head_dropout")(features)
-    x = keras.layers.Dense(hidden_dim, activation="gelu", name="head_dense")(x)
-    logits = keras.layers.Dense(label_set.num_labels, name="logits")(x)
+def _logits(features, *, hidden_dim: int, dropout: float, label_set: LabelSet, prefix: str = ""):
+    x = keras.layers.Dropout(dropout, name=f"{prefix}head_dropout")(features)
+    x = keras.layers.Dense(hidden_dim, activation="gelu", name=f"{prefix}head_dense")(x)
+    return keras.layers.Dense(label_set.num_labels, name=f"{prefix}logits")(x)
+
+
+def _outputs(logits, label_set: LabelSet) -> dict:
     # float32 outputs keep softmax and scores exact under mixed precision.
     probabilities = keras.layers.Softmax(name="probabilities", dtype="float32")(logits)
     score = fl.ExpectedGain(label_set.gains, name="score", dtype="float32")(probabilities)
@@ -116,6 +119,7 @@ def build_fusion_head(
     modality_dropout: float,
     photo_summary: bool,
     label_set: LabelSet,
+    concat_path: bool = False,
     special_token_ids: list[int],
     token_embedding: keras.layers.Layer,
 ) -> keras.Model:
@@ -138,5 +142,12 @@ def build_fusion_head(
                                         num_fusion_layers=num_fusion_layers, photo_summary=photo_summary, **block)
         else:
             features = _pooled_fusion(fusion, pooled_text, tokens, image_mask, hidden_dim)
-    outputs = _outputs(features, hidden_dim=hidden_dim, dropout=dropout, label_set=label_set)
-    return keras.Model(inputs, outputs, name="fusion_head")
+    sizes = {"hidden_dim": hidden_dim, "dropout": dropout, "label_set": label_set}
+    logits = _logits(features, **sizes)
+    if concat_path and fusion == "cross_attention":
+        # A `concat` classifier of its own beside the fused one, logits summed: what concat
+        # reads stays readable however the attention path trains (#29).
+        concat = keras.layers.Concatenate(name="concat_path_features")(
+            [pooled_text, fl.MaskedMeanPool(name="concat_path_image_mean")(tokens, image_mask)])
+        logits = keras.layers.Add(name="summed_logits")([logits, _logits(concat, prefix="concat_path_", **sizes)])
+    return keras.Model(inputs, _outputs(logits, label_set), name="fusion_head")

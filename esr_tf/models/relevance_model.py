@@ -14,8 +14,8 @@ cached backbone outputs), each export signature and the feature cache.
 Example:
 >>> from esr_tf.models.builder import build_relevance_model
 >>> model = build_relevance_model(text="tiny", image="tiny", image_size=32, sequence_length=16)
->>> out = model.predict({"query": ["red shoe"], "title": ["Red running shoe"], "image": [b""]},
-...                     verbose=0)
+>>> raw = {"query": ["red shoe"], "title": ["Red running shoe"], "brand": [""], "color": [""], "image": [b""]}
+>>> out = model.predict(raw, verbose=0)
 >>> out["probabilities"].shape, out["score"].shape
 ((1, 4), (1,))
 """
@@ -61,6 +61,7 @@ HEAD_CONFIG = (
     "dropout",
     "modality_dropout",
     "photo_summary",
+    "concat_path",
 )
 
 
@@ -102,6 +103,8 @@ class RelevanceModel(keras_hub.models.Task):
         photo_summary: cross-attention also reads a pooled whole-photo key, and the classifier
             the mean image token and the unfused pooled text (#15; models saved before it
             have no such entry and load without).
+        concat_path: cross-attention's logits plus those of a `concat` classifier of its own over
+            the pooled text and the mean image token (models saved before it load without).
         label_set: labels and ranking gains (default ESCI).
         freeze_text, freeze_image: make the backbone weights non-trainable.
         special_token_ids: `[CLS]`, `[SEP]`, `[PAD]` ids (default: from the preprocessor).
@@ -123,6 +126,7 @@ class RelevanceModel(keras_hub.models.Task):
         dropout: float = MODEL_DEFAULTS.dropout,
         modality_dropout: float = MODEL_DEFAULTS.modality_dropout,
         photo_summary: bool = MODEL_DEFAULTS.photo_summary,
+        concat_path: bool = MODEL_DEFAULTS.concat_path,
         label_set: LabelSet | dict | None = None,
         freeze_text: bool = MODEL_DEFAULTS.freeze_text,
         freeze_image: bool = MODEL_DEFAULTS.freeze_image,
@@ -139,7 +143,7 @@ class RelevanceModel(keras_hub.models.Task):
 
         # === Layers ===
         sizes = (hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention, dropout)
-        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout, bool(photo_summary)), strict=True))
+        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout, bool(photo_summary), bool(concat_path)), strict=True))
         self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.ZeroFeatureMap((1, 1), name="no_image_tokens")
@@ -259,6 +263,7 @@ class RelevanceModel(keras_hub.models.Task):
     def from_config(cls, config: dict):
         config = dict(config)
         config.setdefault("photo_summary", False)  # saved before #15: built without it
+        config.setdefault("concat_path", False)  # saved before #29
         if "text_backbone" in config:  # a model saved before the Backbone / Task split
             encoders = [config.pop(k) for k in ("text_backbone", "image_backbone")]
             encoders = [keras.layers.deserialize(e) if isinstance(e, dict) else e for e in encoders]

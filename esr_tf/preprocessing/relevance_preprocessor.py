@@ -20,7 +20,7 @@ Example:
 >>> pre.raw_inputs
 ('query', 'title', 'brand', 'image')
 >>> x = pre({"query": ["red shoes"], "title": ["Red running shoe"], "brand": ["Acme"], "image": [b""]})
->>> sorted(x), x["token_ids"].shape
+>>> sorted(x), tuple(x["token_ids"].shape)
 (['has_image', 'images', 'padding_mask', 'segment_ids', 'token_ids'], (1, 16))
 """
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.search.towers import sentence_embedding
+from esr_tf.training.encoder_pass import distinct_photos, photo_feature_maps
 
 
 def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
@@ -42,31 +42,22 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.nd
 def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """(`[U + 1, P, H]` float32 image tokens, `[N]` int32 row of each path).
 
-    Row 0 is "no photo" (zeros); every distinct non-empty path is decoded and encoded once.
-    `text_only` models read no photo: one zero row for everything.
+    Row 0 is "no photo" (zeros), row i + 1 the i-th distinct photo of `distinct_photos`, whose
+    feature maps come from the training features' own encoder pass (`photo_feature_maps`) and
+    go through the model's `image_tokens`. `text_only` models read no photo: one zero row.
     """
     paths = [str(p) for p in paths]
-    unique = sorted({p for p in paths if p}) if model.reads_photos else []
+    unique = distinct_photos({"image": np.array(paths, dtype=object)}) if model.reads_photos else []
     row = {p: i + 1 for i, p in enumerate(unique)}
     rows = np.array([row.get(p, 0) for p in paths], np.int32)
     shape = tuple(model.fusion_head.input["image_tokens"].shape[1:])
     table = np.zeros((len(unique) + 1, *shape), np.float32)
     if not unique:
         return table, rows
-    decoder = model.preprocessor.image_decoder
-    encode = tf.function(lambda images, has: model.encode_images(images, has, training=False))
-    ds = (
-        tf.data.Dataset.from_tensor_slices(unique)
-        .map(lambda p: decoder(tf.io.read_file(p)[None]), num_parallel_calls=AUTOTUNE)
-        .unbatch()
-        .batch(batch_size)
-        .prefetch(AUTOTUNE)
-    )
-    start = 1
-    for images, has in ds:
-        tokens = encode(images, has).numpy()
-        table[start : start + len(tokens)] = tokens
-        start += len(tokens)
+    maps = photo_feature_maps(model, unique, batch_size)
+    project = tf.function(lambda m: model.image_tokens(m, training=False), autograph=False)
+    for start in range(0, len(unique), batch_size):
+        table[1 + start : 1 + start + batch_size] = project(tf.constant(maps[start : start + batch_size])).numpy()
     return table, rows
 
 

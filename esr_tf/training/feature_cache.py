@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Protocol
 
 import keras
 import numpy as np
@@ -98,6 +99,40 @@ def cut_text(x: dict, full: int, multiple: int | None) -> dict:
     last = tf.reduce_max(tf.where(used, tf.range(1, tf.shape(mask)[1] + 1), 0))
     length = batch_length(last, multiple, full)
     return {**x, **{k: x[k][:, :length] for k in TEXT_KEYS}}
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a feature backend batches a split for `head_model()`: the options of `dataset()`,
+    the same for both backends (`BackboneFeatures` in RAM, `FeatureStore` on disk).
+
+    `class_weights`: one weight per label (or none); `with_labels`: `(x, targets[, weights])`
+    or `x` alone; `workers`: MultiWorkerMirroredStrategy workers reading it; each batch's text
+    is cut to its longest example, rounded up to `length_multiple` (`length_multiple_for` the
+    compiled model; None keeps the full sequence length).
+    """
+
+    batch_size: int = 32
+    shuffle: bool = False
+    seed: int = 0
+    repeat: bool = False
+    class_weights: np.ndarray | None = None
+    with_labels: bool = True
+    gains: tuple[float, ...] = ESCI.gains
+    drop_remainder: bool = False
+    workers: int = 1
+    length_multiple: int | None = 1
+
+
+class FeatureSource(Protocol):
+    """One split of frozen-backbone features, whichever backend holds it: what `train`,
+    `evaluate` and the benchmarks read (`BackboneFeatures`, `FeatureStore.view(split)`)."""
+
+    labels: np.ndarray | None
+
+    def __len__(self) -> int: ...
+
+    def dataset(self, **options) -> tf.data.Dataset: ...
 
 
 @dataclass
@@ -197,26 +232,11 @@ class BackboneFeatures:
     def __len__(self) -> int:
         return len(self.image_index)
 
-    def dataset(
-        self,
-        *,
-        batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int = 0,
-        repeat: bool = False,
-        class_weights: np.ndarray | None = None,
-        with_labels: bool = True,
-        gains: tuple[float, ...] = ESCI.gains,
-        drop_remainder: bool = False,
-        workers: int = 1,
-        length_multiple: int | None = 1,
-    ) -> tf.data.Dataset:
-        """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
-        weight per label, or none), as `FeatureStore.dataset` gives them. `workers` changes
-        nothing here: every worker holds all rows in one seeded order and keeps its share.
-
-        Each batch's text is cut to its longest example, rounded up to `length_multiple`
-        (`length_multiple_for` the compiled model; None keeps the full sequence length)."""
+    def dataset(self, **options) -> tf.data.Dataset:
+        """Batches of `head_model()` inputs with `targets_and_weights`; `options` are `Batching`'s
+        fields, as `FeatureStore.dataset` takes them. `workers` changes nothing here: every worker
+        holds all rows in one seeded order and keeps its share."""
+        o = Batching(**options)
         x = {
             "sequence_output": self.sequence_output,
             "text_mask": self.text_mask,
@@ -226,22 +246,22 @@ class BackboneFeatures:
             "has_image": self.has_image,
         }
         parts: tuple = (x,)
-        if with_labels:
-            w = None if class_weights is None else np.asarray(class_weights, np.float32)[self.labels]
-            parts += targets_and_weights(self.labels, gains, w)
+        if o.with_labels:
+            w = None if o.class_weights is None else np.asarray(o.class_weights, np.float32)[self.labels]
+            parts += targets_and_weights(self.labels, o.gains, w)
         ds = tf.data.Dataset.from_tensor_slices(parts)
-        if shuffle:
-            ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
+        if o.shuffle:
+            ds = ds.shuffle(len(self), seed=o.seed, reshuffle_each_iteration=True)
+        if o.repeat:
             ds = ds.repeat()
         table = tf.constant(self.feature_maps)
         full = self.text_mask.shape[1]
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns about the closure
         def gather(x, *rest):
-            x = cut_text(dict(x), full, length_multiple)
+            x = cut_text(dict(x), full, o.length_multiple)
             x["feature_map"] = tf.gather(table, x.pop("image_index"))
             return (x, *rest)
 
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.batch(o.batch_size, drop_remainder=o.drop_remainder)
         return ds.map(gather, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

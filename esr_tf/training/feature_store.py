@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.labels import ESCI
 from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.training.encoder_pass import (
     FrozenEncoders,
@@ -39,7 +38,7 @@ from esr_tf.training.encoder_pass import (
     distinct_photos,
     traced_text_encoder,
 )
-from esr_tf.training.feature_cache import batch_length, targets_and_weights
+from esr_tf.training.feature_cache import Batching, batch_length, targets_and_weights
 from esr_tf.training.store_writer import FORMATS, ShardFiles, photo_table, split_folder, write_split
 
 log = logging.getLogger("esr_tf.training")
@@ -63,7 +62,7 @@ def text_hidden(model) -> int:
 
 @dataclass
 class StoreSplit:
-    """A split of a `FeatureStore`, read like `BackboneFeatures` (e.g. by `predict_features`)."""
+    """A split of a `FeatureStore`: a `FeatureSource`, as a `BackboneFeatures` is one."""
 
     store: FeatureStore
     split: str
@@ -141,26 +140,9 @@ class FeatureStore:
         """One split, with `BackboneFeatures`' reading interface (`len`, `labels`, `dataset`)."""
         return StoreSplit(self, split)
 
-    def dataset(
-        self,
-        split: str,
-        *,
-        batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int = 0,
-        repeat: bool = False,
-        class_weights: np.ndarray | None = None,
-        with_labels: bool = True,
-        gains: tuple[float, ...] = ESCI.gains,
-        drop_remainder: bool = False,
-        shuffle_buffer: int = 4096,
-        workers: int = 1,
-        length_multiple: int | None = 1,
-    ) -> tf.data.Dataset:
-        """Batches of `head_model()` inputs with `targets_and_weights` (`class_weights`: one
-        weight per label, or none), each batch's text as long as its longest example, rounded
-        up to `length_multiple` (`length_multiple_for` the compiled model; None: the model's
-        full sequence length), as `BackboneFeatures.dataset` gives them.
+    def dataset(self, split: str, *, shuffle_buffer: int = 4096, **options) -> tf.data.Dataset:
+        """Batches of `head_model()` inputs with `targets_and_weights`; `options` are `Batching`'s
+        fields, as `BackboneFeatures.dataset` takes them.
 
         `workers`: how many MultiWorkerMirroredStrategy workers read it. A repeated dataset
         with at least one shard per worker is sharded by file (each worker reads its own
@@ -168,33 +150,34 @@ class FeatureStore:
         the examples (tf.data's FILE sharding fails with fewer files than workers, and uneven
         shards would give workers different numbers of validation steps).
         """
-        by_file = workers > 1 and repeat and len(self.splits[split].files) >= workers
-        ds = self._records(split, shuffle, seed, shuffle_buffer, deterministic=workers > 1 and not by_file)
-        if repeat:
+        o = Batching(**options)
+        by_file = o.workers > 1 and o.repeat and len(self.splits[split].files) >= o.workers
+        ds = self._records(split, o.shuffle, o.seed, shuffle_buffer, deterministic=o.workers > 1 and not by_file)
+        if o.repeat:
             ds = ds.repeat()
         # Records are batched first and parsed a batch at a time (one `parse_example`, every
         # example padded to the batch's length) rather than parsed one by one and then
         # `padded_batch`ed: far fewer tf.data ops per example (reading alone, 10k MiniLM pairs:
         # 13.7k against 5.2-7.2k examples/s).
-        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = ds.batch(o.batch_size, drop_remainder=o.drop_remainder)
         photo_maps = self._photo_lookup()
-        weights = None if class_weights is None else tf.constant(np.asarray(class_weights, np.float32))
+        weights = None if o.class_weights is None else tf.constant(np.asarray(o.class_weights, np.float32))
 
         @tf.autograph.experimental.do_not_convert
         def finish(records):
-            x = self._parse_batch(records, length_multiple)
+            x = self._parse_batch(records, o.length_multiple)
             labels = x.pop("label")
             x["feature_map"] = photo_maps(x.pop("image_index"))
-            if not with_labels:
+            if not o.with_labels:
                 return x
-            return (x, *targets_and_weights(labels, gains, None if weights is None else tf.gather(weights, labels)))
+            return (x, *targets_and_weights(labels, o.gains, None if weights is None else tf.gather(weights, labels)))
 
         ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
-        if workers > 1:
-            options = tf.data.Options()
+        if o.workers > 1:
+            sharding = tf.data.Options()
             policy = tf.data.experimental.AutoShardPolicy
-            options.experimental_distribute.auto_shard_policy = policy.FILE if by_file else policy.DATA
-            ds = ds.with_options(options)
+            sharding.experimental_distribute.auto_shard_policy = policy.FILE if by_file else policy.DATA
+            ds = ds.with_options(sharding)
         return ds
 
     def _records(self, split: str, shuffle: bool, seed: int, shuffle_buffer: int, deterministic: bool):

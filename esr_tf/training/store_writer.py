@@ -7,7 +7,7 @@ never read. Files appear atomically (`atomic_write`), so a killed pass leaves no
 Example:
 >>> q, scale = quantize_tokens(np.ones((2, 4), np.float32))
 >>> q.dtype.name, q.tolist()[0], float(scale[0])
-('int8', [127, 127, 127, 127], 0.007873535156250)
+('int8', [127, 127, 127, 127], 0.00787353515625)
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from esr_tf.training.distribute import (
     worker_out_dir,
 )
 from esr_tf.training.encoder_pass import backbone_fingerprint, examples_digest
-from esr_tf.training.feature_cache import BackboneFeatures, length_multiple_for, targets_and_weights
+from esr_tf.training.feature_cache import BackboneFeatures, FeatureSource, length_multiple_for, targets_and_weights
 from esr_tf.training.losses import RelevanceLoss
 from esr_tf.training.optimization import NaNGuard, make_callbacks, make_optimizer
 from esr_tf.training.run_state import full_history, prepare_out_dir, run_fingerprint
@@ -64,7 +64,7 @@ class TrainResult:
     epochs_run: int
     # Frozen-backbone outputs per split ("train", "valid", "test") when they were cached; pass
     # `features["test"]` to `evaluate_model` to score without running the backbones again.
-    features: dict[str, BackboneFeatures] = field(default_factory=dict)
+    features: dict[str, FeatureSource] = field(default_factory=dict)
     # recall@k per split of the retrieval model saved as retrieval.keras (empty: none trained)
     retrieval_metrics: dict = field(default_factory=dict)
     # wall seconds of the frozen-backbone pass ("features") and of `fit` ("fit")
@@ -104,7 +104,7 @@ def training_parts(config: TrainConfig, catalogue: Catalogue, model) -> dict[str
     return {"train": train, "valid": catalogue.columns("valid", labels), "test": catalogue.columns("test", labels)}
 
 
-def _features_fit(features: Mapping[str, BackboneFeatures], model, parts: Mapping[str, Mapping],
+def _features_fit(features: Mapping[str, FeatureSource], model, parts: Mapping[str, Mapping],
                   precision: str = "float32") -> bool:
     """Reusable only from the same backbones (at the same `precision`; for `"auto"`, at
     either) and for the same examples of every split."""
@@ -247,8 +247,8 @@ def build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distri
 
 
 def backbone_features(
-    config: TrainConfig, trainee: Trainee, features: Mapping[str, BackboneFeatures] | None, verbose: int
-) -> dict[str, BackboneFeatures]:
+    config: TrainConfig, trainee: Trainee, features: Mapping[str, FeatureSource] | None, verbose: int
+) -> dict[str, FeatureSource]:
     """The frozen-backbone outputs the head trains on: from `config.feature_store` (written
     there once), else those passed in if they fit, else computed once; `{}` when the full
     model trains."""
@@ -276,7 +276,7 @@ def backbone_features(
 def training_datasets(
     config: TrainConfig,
     trainee: Trainee,
-    features: Mapping[str, BackboneFeatures],
+    features: Mapping[str, FeatureSource],
     strategy: tf.distribute.Strategy,
     full_length: bool = False,
 ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
