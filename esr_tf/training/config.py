@@ -194,7 +194,20 @@ class TrainConfig:
 
 class _Yaml12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core-schema scalars: booleans are true / false only, integers
-    decimal only, no timestamps; everything else that is not a number is a string."""
+    decimal only, no timestamps; everything else that is not a number is a string. A key given
+    twice in one mapping is an error, as YAML 1.2 says (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: SafeLoader's own error names it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _DROPPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
@@ -315,6 +328,16 @@ def _set(tree: dict[str, Any], dotted: str, raw: str) -> None:
     node[keys[-1]] = _Override(raw)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are unique (`json` keeps the last of a repeated key silently)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise json.JSONDecodeError(f"duplicate key {key!r}", "", 0)
+        out[key] = value
+    return out
+
+
 def _read_file(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -327,7 +350,7 @@ def _read_file(path: Path) -> Any:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start})") from None
     kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        tree = json.loads(text) if kind == "JSON" else load_yaml(text)
+        tree = json.loads(text, object_pairs_hook=_unique_keys) if kind == "JSON" else load_yaml(text)
     except (json.JSONDecodeError, yaml.YAMLError) as error:
         raise ConfigError(f"{path}: not valid {kind}: {error}") from None
     except RecursionError:

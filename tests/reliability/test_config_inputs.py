@@ -173,6 +173,19 @@ def test_config_that_is_not_a_mapping(tmp_path, text, message):
         parse_config(path, ["epochs=2"])  # overrides on top of a list used to AttributeError
 
 
+@pytest.mark.parametrize("name,text,key", [
+    ("cfg.yaml", "model:\n  product_text: {title: 16, title: 8}\n", "title"),
+    ("cfg.yaml", "epochs: 3\nbatch_size: 8\nepochs: 4\n", "epochs"),
+    ("cfg.json", '{"epochs": 3, "epochs": 4}', "epochs"),
+])
+def test_a_key_given_twice_is_refused_naming_it(tmp_path, name, text, key):
+    """#33: YAML 1.2 (and JSON as a config) keys are unique; PyYAML / json kept the last silently."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"duplicate key '{key}'"):
+        parse_config(path)
+
+
 def test_non_utf8_config_is_named(tmp_path):
     path = tmp_path / "cfg.yaml"
     path.write_bytes(b"data: caf\xe9\n")
