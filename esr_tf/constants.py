@@ -33,6 +33,10 @@ DEFAULT_PRODUCT_TEXT = {"title": 16, "brand": 4, "color": 4}
 # Candidates a search re-ranks when the request does not say (`search_top`'s default; REST
 # clients import it from here, without TensorFlow).
 DEFAULT_RERANK = 50
+# Products a search returns by default (capped at the catalogue size).
+DEFAULT_K = 10
+# The search signatures take k / rerank as int32: larger values cannot be sent.
+INT32_MAX = 2**31 - 1
 
 # Converted weights and built helpers are cached under $ESR_TF_CACHE (default ~/.cache/esr_tf).
 CACHE_ENV_VAR = "ESR_TF_CACHE"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from esr_tf.constants import DEFAULT_RERANK, MISSING_IMAGE_POLICIES
+from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK, MISSING_IMAGE_POLICIES
 
 
 class UsageError(ValueError):
@@ -92,10 +92,13 @@ def _evaluate(args) -> int:
 
     if not args.data:
         raise UsageError("--evaluate needs --data CATALOGUE (its judged queries)")
+    for flag, value in (("--rerank", args.rerank), ("--k", args.k)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be an integer >= 1, got {value}")
     catalogue = load_catalogue(args.data, missing_images=args.missing_images)
     report = evaluate_search(resolve_export(args.model), catalogue, split=args.split,
-                             rerank=args.rerank or DEFAULT_RERANK,
-                             upper_bound=not args.no_upper_bound)
+                             rerank=DEFAULT_RERANK if args.rerank is None else args.rerank,
+                             upper_bound=not args.no_upper_bound, k=DEFAULT_K if args.k is None else args.k)
     text = json.dumps(report, indent=2)
     if args.out:
         out = Path(args.out)

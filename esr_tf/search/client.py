@@ -17,6 +17,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from esr_tf.constants import DEFAULT_K
 from esr_tf.export.versions import version_numbers
 from esr_tf.search.requests import PRODUCT_SIGNATURES, SEARCH_OUTPUTS, ranked_rows, search_inputs
 
@@ -75,6 +76,12 @@ class SearchClient:
 
     def search(self, queries: Sequence[str], k: int | None = None, rerank: int | None = None) -> list[list[dict]]:
         """Ranked products for each query (`k` default 10, `rerank` default 50)."""
+        if rerank is not None and k is None:  # the default k, capped as the `search` signature caps it
+            k = min(DEFAULT_K, self.size)
+        if isinstance(rerank, int) and not isinstance(rerank, bool) and rerank > self.size:
+            rerank = self.size  # beyond the catalogue re-ranks all of it (and never wraps as an int32)
+        if isinstance(k, int) and not isinstance(k, bool) and k > self.size:
+            raise SearchRequestError(f"search: k must be in 1..{self.size} (the catalogue size), got {k}")
         try:
             signature, inputs = search_inputs(queries, k, rerank)
         except (TypeError, ValueError) as error:  # checked here too: a clear message before TF runs

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.constants import DEFAULT_RERANK
+from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
+from esr_tf.search.client import SearchRequestError
 from esr_tf.training.ranking import per_query_ranking
 
 NOTE = ("whole-catalogue search: products not judged for a query count as irrelevant (gain 0); "
@@ -59,14 +60,14 @@ def _list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k
 
 
 def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = DEFAULT_RERANK,
-                    upper_bound: bool = True, k: int = 10) -> dict:
+                    upper_bound: bool = True, k: int = DEFAULT_K) -> dict:
     """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc)."""
     loaded = tf.saved_model.load(str(export_dir))
     fn = loaded.signatures["search_top"]
     size = int(loaded.index.product_ids.shape[0])
     judged = _judged(catalogue, split)
     if not judged:
-        raise ValueError(f"{catalogue.root}: no query of split {split!r} has a judged exact product")
+        raise SearchRequestError(f"{catalogue.root}: no query of split {split!r} has a judged exact product")
     exact_gain = float(max(catalogue.label_set.gains))
     wide = min(100, size)
     rows: dict[str, list[float]] = {key: [] for key in (
@@ -88,12 +89,13 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     mean = {key: float(np.mean(v)) if v else None for key, v in rows.items()}
     queries = len(judged)
     report = {
-        "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "note": NOTE,
-        "retrieval": {"recall@10": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
-        "reranked": {"recall@10": mean["reranked@10"], "ndcg@10": mean["reranked_ndcg"],
+        "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "k": k,
+        "note": NOTE,
+        "retrieval": {f"recall@{k}": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
+        "reranked": {f"recall@{k}": mean["reranked@10"], f"ndcg@{k}": mean["reranked_ndcg"],
                      "ms_per_query": 1000 * seconds["reranked"] / queries},
     }
     if upper_bound:
-        report["whole_catalogue_reranked"] = {"recall@10": mean["upper@10"], "ndcg@10": mean["upper_ndcg"],
+        report["whole_catalogue_reranked"] = {f"recall@{k}": mean["upper@10"], f"ndcg@{k}": mean["upper_ndcg"],
                                               "ms_per_query": 1000 * seconds["upper"] / queries}
     return report

@@ -31,11 +31,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from esr_tf.constants import DEFAULT_RERANK
+from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
 from esr_tf.search.catalogue import IndexArrays
 from esr_tf.search.towers import query_tower, sentence_embedding, trim_padding
 
-DEFAULT_K = 10
 COMPLEMENT_POOL = 100
 MAX_SEARCH_ROWS = 64  # queries (or product ids) per request: each costs `rerank` model pairs
 

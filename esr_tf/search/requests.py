@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from esr_tf.constants import DEFAULT_RERANK
+from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK, INT32_MAX
 from esr_tf.validation import load_json_object
 
 SEARCH_OUTPUTS = ("product_ids", "titles", "labels", "scores", "probabilities", "retrieval_scores")
@@ -41,6 +41,8 @@ def _texts(values: Sequence[str], field: str) -> list[str]:
 def _positive(value: int, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+    if value > INT32_MAX:  # checked before it becomes an int32 (3000000000 would wrap negative)
+        raise ValueError(f"{field} must be at most {INT32_MAX} (an int32), got {value}")
     return value
 
 
@@ -49,7 +51,7 @@ def search_inputs(queries: Sequence[str], k: int | None = None, rerank: int | No
     queries = _texts(queries, "query")
     if k is None and rerank is None:
         return "search", {"query": queries}
-    k = _positive(10 if k is None else k, "k")
+    k = _positive(DEFAULT_K if k is None else k, "k")
     rerank = _positive(max(DEFAULT_RERANK, k) if rerank is None else rerank, "rerank")
     return "search_top", {"query": queries, "k": k, "rerank": rerank}
 

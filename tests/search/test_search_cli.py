@@ -31,11 +31,43 @@ def test_search_prints_a_ranked_table(tiny_index, capsys):
     (["--similar", "no-such-id"], "unknown product_id: no-such-id"),
     (["  "], "non-empty string"),
     ([], "pass a QUERY"),
+    (["red", "--k", "3000000000"], "k must be in 1.."),  # #33: was "got -1294967296" (int32 wrap)
 ])
 def test_bad_search_requests_exit_2(tiny_index, capsys, argv, message):
     code, _, err = _run(["search", "--model", str(tiny_index), *argv], capsys)
     assert code == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_rerank_beyond_int32_and_the_default_k_on_a_small_index(tiny_index, capsys):
+    """#33: `--rerank 3000000000` wrapped to a negative int32 and re-ranked 2 products; a rerank
+    with no --k asked for 10 products of a smaller index."""
+    import tensorflow as tf
+
+    size = int(tf.saved_model.load(str(tiny_index)).index.product_ids.shape[0])
+    code, out, err = _run(["search", "--model", str(tiny_index), "red", "--rerank", "3000000000", "--json"], capsys)
+    assert code == 0, err
+    assert len(json.loads(out)) == min(10, size)
+    from esr_tf.search.client import SearchClient
+
+    class SevenProducts(SearchClient):  # as an index of 7 products would answer
+        size = 7
+
+    assert len(SevenProducts(tiny_index).search(["shoe"], rerank=5)[0]) == 7, "default k capped at the catalogue"
+
+
+def test_evaluate_takes_k_and_refuses_bad_flags(tiny_index, tiny_catalogue, tmp_path, capsys):
+    base = ["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root)]
+    code, out, _ = _run([*base, "--k", "3", "--no-upper-bound"], capsys)
+    assert code == 0 and "recall@3" in json.loads(out)["reranked"] and json.loads(out)["k"] == 3
+    code, _, err = _run([*base, "--rerank", "-5"], capsys)
+    assert code == 2 and "--rerank must be an integer >= 1" in err
+    empty = tmp_path / "nothing_judged"
+    empty.mkdir()
+    (empty / "products.csv").write_text("product_id,title,image\np1,Red shoe,\n")
+    (empty / "examples.csv").write_text("query,product_id,label,split\nshoe,p1,irrelevant,test\n")
+    code, _, err = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(empty)], capsys)
+    assert code == 2 and "no query of split 'test' has a judged exact product" in err and "Traceback" not in err
 
 
 def test_search_on_a_folder_without_an_index_exits_2(tmp_path, capsys):
