@@ -354,8 +354,13 @@ def read_product_ids(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise CatalogueError(f"{path}: no such file of product ids")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    if path.suffix.lower() == ".jsonl" or (lines and lines[0].split(",")[0].strip() == "product_id"):
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CatalogueError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    header = lines[0].split(",")[0].strip().strip('"').lower() if lines else ""
+    if path.suffix.lower() == ".jsonl" or header == "product_id":  # column names match case-insensitively
         table = read_table(path)
         if table.unit == "row" and "product_id" not in table.columns:
             raise CatalogueError(f"{path}: no 'product_id' column")

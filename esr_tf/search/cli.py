@@ -41,9 +41,13 @@ def cmd_index(args) -> int:
     updating = args.add or args.remove
     if bool(updating) == bool(args.data):
         raise UsageError("pass --data CATALOGUE (a new index) or --add / --remove (the next version)")
+    if updating and (args.version is not None or args.overwrite):
+        raise UsageError("--add / --remove write the next version; --version / --overwrite are for --data")
     model, towers = _load_models(args)
     if updating:
         add = list(load_products(args.add, missing_images=args.missing_images).values()) if args.add else []
+        if args.add and not add:
+            raise UsageError(f"{args.add}: no products to add")
         remove = read_product_ids(args.remove) if args.remove else []
         path = update_search_index(model, towers, args.base, args.name, add=add, remove=remove,
                                    source=str(args.add or args.remove))
@@ -73,6 +77,7 @@ def cmd_search(args) -> int:
 
     if args.evaluate:
         return _evaluate(args)
+    _check_search_flags(args)
     client = SearchClient(args.model)
     if args.similar or args.complements:
         signature = "similar_products" if args.similar else "complements"
@@ -83,6 +88,16 @@ def cmd_search(args) -> int:
         raise UsageError("pass a QUERY, --similar ID, --complements ID or --evaluate")
     print(json.dumps(results[0], indent=1) if args.json else _table(results[0]))
     return 0
+
+
+def _check_search_flags(args) -> None:
+    """Flags that would be silently ignored together are refused (exit 2)."""
+    if args.similar and args.complements:
+        raise UsageError("pass --similar ID or --complements ID, not both")
+    if (args.similar or args.complements) and args.query:
+        raise UsageError("pass a QUERY or --similar / --complements ID, not both")
+    if (args.similar or args.complements) and (args.k is not None or args.rerank is not None):
+        raise UsageError("--k / --rerank apply to a QUERY; --similar and --complements return 10 products")
 
 
 def _evaluate(args) -> int:

@@ -89,7 +89,10 @@ class SearchClient:
         return self._call(signature, inputs)
 
     def products(self, product_ids: Sequence[str], signature: str = "similar_products") -> list[list[dict]]:
-        """`similar_products` or `complements` of each product id."""
+        """`similar_products` or `complements` of each product id (surrounding spaces are not part
+        of an id: the catalogue loaders strip them too)."""
         if signature not in PRODUCT_SIGNATURES or signature not in self._loaded.signatures:
             raise SearchRequestError(f"{self.export_dir} has no {signature!r} signature")
-        return self._call(signature, {"product_id": list(product_ids)})
+        if isinstance(product_ids, str | bytes):
+            raise SearchRequestError(f"{signature}: expected a list of product ids, got one string")
+        return self._call(signature, {"product_id": [str(p).strip() for p in product_ids]})

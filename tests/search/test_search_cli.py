@@ -70,6 +70,43 @@ def test_evaluate_takes_k_and_refuses_bad_flags(tiny_index, tiny_catalogue, tmp_
     assert code == 2 and "no query of split 'test' has a judged exact product" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--similar", "a", "--complements", "b"], "not both"),
+    (["red", "--similar", "a"], "a QUERY or --similar"),
+    (["--similar", "a", "--k", "3"], "--k / --rerank apply to a QUERY"),
+])
+def test_flags_that_would_be_ignored_exit_2(tmp_path, capsys, argv, message):
+    """#33: these ran only one of the flags (or ignored the query / k) silently."""
+    code, _, err = _run(["search", "--model", str(tmp_path), *argv], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_similar_strips_the_id_and_index_flag_conflicts(tiny_index, tiny_trained, tmp_path, capsys):
+    import tensorflow as tf
+
+    pid = tf.saved_model.load(str(tiny_index)).index.product_ids.numpy()[0].decode()
+    code, out, err = _run(["search", "--model", str(tiny_index), "--similar", f" {pid} ", "--json"], capsys)
+    assert code == 0, err  # #33: said "unknown product_id" naming an id that exists
+    model = str(tiny_trained.model_path)
+    code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--add", "x.csv", "--version", "7"],
+                        capsys)
+    assert code == 2 and "--version / --overwrite are for --data" in err
+    (tmp_path / "none.csv").write_text("product_id,title,image\n")
+    code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--add", str(tmp_path / "none.csv")],
+                        capsys)
+    assert code == 2 and "no products to add" in err
+
+
+def test_remove_file_that_is_not_utf8_or_has_a_capitalised_header(tmp_path):
+    from esr_tf.data import CatalogueError, read_product_ids
+
+    (tmp_path / "bad.txt").write_bytes(b"p1\n\xff\xfe\n")
+    with pytest.raises(CatalogueError, match=r"bad\.txt: not UTF-8 text \(byte 3\)"):
+        read_product_ids(tmp_path / "bad.txt")
+    (tmp_path / "ids.csv").write_text("Product_ID,title\np1,Red shoe\np2,Blue mug\n")
+    assert read_product_ids(tmp_path / "ids.csv") == ["p1", "p2"]  # #33: the header was read as an id
+
+
 def test_search_on_a_folder_without_an_index_exits_2(tmp_path, capsys):
     code, _, err = _run(["search", "--model", str(tmp_path), "red"], capsys)
     assert code == 2 and "no saved_model.pb" in err
