@@ -90,6 +90,8 @@ class CatalogueSearch:
         self.product_ids, self.titles, self.fields = c.product_ids, c.titles, c.fields
         self.embeddings, self.photo_tokens, self.photo_row = c.embeddings, c.photo_tokens, c.photo_row
         self.label_names = tf.constant(list(model.label_set.names))
+        tokenizer = model.preprocessor.tokenizer  # [CLS], [SEP], [PAD] and [UNK] are no query words
+        self.no_word_ids = tf.constant([*model.special_token_ids, tokenizer.token_to_id(tokenizer.oov_token)], tf.int32)
         self.complement = complement_label(model.label_set)
         self.search = tf.function(self._search, input_signature=[_STRINGS])
         self.search_top = tf.function(self._search_top, input_signature=[_STRINGS, _INT, _INT])
@@ -114,7 +116,13 @@ class CatalogueSearch:
 
     def _queries(self, query: tf.Tensor) -> tf.Tensor:
         query = self._rows(query, "query")
-        empty = tf.equal(tf.strings.length(tf.strings.strip(query)), 0)
+        # Empty = no known word piece left after the tokenizer's own normalisation: "\u00a0", a
+        # zero-width space, "\u3000" ([UNK]) or undecodable bytes are as empty as "".
+        packed = self.model.preprocessor.tokenize(query, None)
+        words = tf.logical_and(tf.equal(packed["segment_ids"], 0), tf.cast(packed["padding_mask"], tf.bool))
+        words = tf.logical_and(words, tf.logical_not(tf.reduce_any(
+            tf.equal(packed["token_ids"][..., None], self.no_word_ids), axis=-1)))
+        empty = tf.logical_not(tf.reduce_any(words, axis=1))
         return _checked(query, tf.logical_not(tf.reduce_any(empty)), ["empty query at rows", tf.where(empty)[:, 0]])
 
     def _lookup(self, product_id: tf.Tensor) -> tf.Tensor:

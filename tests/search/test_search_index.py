@@ -80,6 +80,11 @@ def test_similar_products_and_complements(loaded):
     "call, message",
     [
         (lambda m: _search(m, ["  "]), "empty query"),
+        # #33: empty queries in disguise answered with the empty query's ranking
+        (lambda m: _search(m, ["red", "\u00a0"]), r"empty query at rows.*\b1\b"),
+        (lambda m: _search(m, ["\u3000"]), "empty query"),
+        (lambda m: _search(m, ["\u200b"]), "empty query"),
+        (lambda m: m.signatures["search"](query=tf.constant([b"\xff\xfe"])), "empty query"),
         (lambda m: _search(m, ["red"], k=0, rerank=5), "k must be in 1.."),
         (lambda m: _search(m, ["red"], k=100_000, rerank=5), "k must be in 1.."),
         (lambda m: _search(m, ["red"] * 65), "more than 64"),
