@@ -65,7 +65,7 @@ class ModelConfig:
             fields as inputs (empty strings allowed).
         fusion: one of `cross_attention` (default), `concat`, `gated`, `text_only`, `image_only`.
         hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention,
-        dropout, modality_dropout, photo_summary, concat_path: fusion-head sizes and layout (see
+        dropout, modality_dropout, photo_summary, concat_path, interaction: fusion-head sizes and layout (see
             `RelevanceModel`).
         freeze_text, freeze_image: keep backbone weights fixed (the fast default on CPU).
         label_set: label names, codes and ranking gains (default ESCI).
@@ -88,6 +88,7 @@ class ModelConfig:
     modality_dropout: float = 0.15
     photo_summary: bool = True
     concat_path: bool = False
+    interaction: bool = False
     freeze_text: bool = True
     freeze_image: bool = True
     label_set: dict = field(default_factory=lambda: LabelSet().get_config())
@@ -117,7 +118,8 @@ class ModelConfig:
         for name in ("dropout", "modality_dropout"):
             value = check_float(f"model.{name}", getattr(self, name), low=0, high=1, high_open=True)
             setattr(self, name, value)
-        for name in ("text_self_attention", "photo_summary", "concat_path", "freeze_text", "freeze_image"):
+        for name in ("text_self_attention", "photo_summary", "concat_path", "interaction", "freeze_text",
+                     "freeze_image"):
             setattr(self, name, check_bool(f"model.{name}", getattr(self, name)))
         self.label_set = check_label_set("model.label_set", self.label_set)
         try:
@@ -132,4 +134,5 @@ class ModelConfig:
 MODEL_DEFAULTS = ModelConfig()
 # `ModelConfig` fields that are `RelevanceModel` constructor arguments too (same names).
 MODEL_ARGS = ("fusion", "hidden_dim", "num_heads", "intermediate_dim", "num_fusion_layers", "text_self_attention",
-              "dropout", "modality_dropout", "photo_summary", "concat_path", "freeze_text", "freeze_image")
+              "dropout", "modality_dropout", "photo_summary", "concat_path", "interaction", "freeze_text",
+              "freeze_image")

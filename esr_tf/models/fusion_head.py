@@ -92,6 +92,22 @@ def _pooled_fusion(fusion: str, pooled_text, tokens, image_mask, hidden_dim: int
     return keras.layers.Concatenate(name="gated_concat")([pooled_text, gated])
 
 
+def _query_photo_interaction(inputs: dict, text, tokens, image_mask, hidden_dim: int):
+    """The query's mean token times the mean photo token, each projected: low-rank bilinear pooling.
+
+    Exact vs Substitute often turns on "does the query's colour word match the photo" while the
+    title is the same for both (#29, `dev_variants`). Attention and the classifier's MLP reach
+    such a product of two signals only after a long plateau; an element-wise product of two
+    projections (Kim et al., ICLR 2017) offers it from the first step.
+    """
+    query_mask = fl.QueryOnlyMask(name="interaction_query_mask")(inputs["text_mask"], inputs["segment_ids"])
+    query = fl.MaskedMeanPool(name="interaction_query_mean")(text, query_mask)
+    photo = fl.MaskedMeanPool(name="interaction_image_mean")(tokens, image_mask)
+    query = keras.layers.Dense(hidden_dim, name="interaction_query")(query)
+    photo = keras.layers.Dense(hidden_dim, name="interaction_photo")(photo)
+    return keras.layers.Multiply(name="query_photo_interaction")([query, photo])
+
+
 def _logits(features, *, hidden_dim: int, dropout: float, label_set: LabelSet, prefix: str = ""):
     x = keras.layers.Dropout(dropout, name=f"{prefix}head_dropout")(features)
     x = keras.layers.Dense(hidden_dim, activation="gelu", name=f"{prefix}head_dense")(x)
@@ -120,6 +136,7 @@ def build_fusion_head(
     photo_summary: bool,
     label_set: LabelSet,
     concat_path: bool = False,
+    interaction: bool = False,
     special_token_ids: list[int],
     token_embedding: keras.layers.Layer,
 ) -> keras.Model:
@@ -140,6 +157,9 @@ def build_fusion_head(
                      "dropout": dropout, "self_attention": text_self_attention}
             features = _cross_attention(text, pooled_text, tokens, text_mask, image_mask,
                                         num_fusion_layers=num_fusion_layers, photo_summary=photo_summary, **block)
+            if interaction:
+                product = _query_photo_interaction(inputs, text, tokens, image_mask, hidden_dim)
+                features = keras.layers.Concatenate(name="fused_with_interaction")([features, product])
         else:
             features = _pooled_fusion(fusion, pooled_text, tokens, image_mask, hidden_dim)
     sizes = {"hidden_dim": hidden_dim, "dropout": dropout, "label_set": label_set}

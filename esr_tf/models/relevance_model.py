@@ -62,6 +62,7 @@ HEAD_CONFIG = (
     "modality_dropout",
     "photo_summary",
     "concat_path",
+    "interaction",
 )
 
 
@@ -105,6 +106,8 @@ class RelevanceModel(keras_hub.models.Task):
             have no such entry and load without).
         concat_path: cross-attention's logits plus those of a `concat` classifier of its own over
             the pooled text and the mean image token (models saved before it load without).
+        interaction: cross-attention's classifier also reads the element-wise product of the
+            projected mean query token and mean photo token (models saved before it load without).
         label_set: labels and ranking gains (default ESCI).
         freeze_text, freeze_image: make the backbone weights non-trainable.
         special_token_ids: `[CLS]`, `[SEP]`, `[PAD]` ids (default: from the preprocessor).
@@ -127,6 +130,7 @@ class RelevanceModel(keras_hub.models.Task):
         modality_dropout: float = MODEL_DEFAULTS.modality_dropout,
         photo_summary: bool = MODEL_DEFAULTS.photo_summary,
         concat_path: bool = MODEL_DEFAULTS.concat_path,
+        interaction: bool = MODEL_DEFAULTS.interaction,
         label_set: LabelSet | dict | None = None,
         freeze_text: bool = MODEL_DEFAULTS.freeze_text,
         freeze_image: bool = MODEL_DEFAULTS.freeze_image,
@@ -143,7 +147,8 @@ class RelevanceModel(keras_hub.models.Task):
 
         # === Layers ===
         sizes = (hidden_dim, num_heads, intermediate_dim, num_fusion_layers, text_self_attention, dropout)
-        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout, bool(photo_summary), bool(concat_path)), strict=True))
+        head = dict(zip(HEAD_CONFIG, (*sizes, modality_dropout, bool(photo_summary), bool(concat_path),
+                                          bool(interaction)), strict=True))
         self.image_projector = _image_projector(backbone.image_encoder, hidden_dim)
         # text_only has no photo path; image inputs are still accepted (one interface for all).
         self.no_image_tokens = fl.ZeroFeatureMap((1, 1), name="no_image_tokens")
@@ -264,6 +269,7 @@ class RelevanceModel(keras_hub.models.Task):
         config = dict(config)
         config.setdefault("photo_summary", False)  # saved before #15: built without it
         config.setdefault("concat_path", False)  # saved before #29
+        config.setdefault("interaction", False)  # saved before #29's query-photo product
         if "text_backbone" in config:  # a model saved before the Backbone / Task split
             encoders = [config.pop(k) for k in ("text_backbone", "image_backbone")]
             encoders = [keras.layers.deserialize(e) if isinstance(e, dict) else e for e in encoders]

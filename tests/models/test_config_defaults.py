@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
+import pytest
+
 from esr_tf.models.config import MODEL_ARGS, MODEL_DEFAULTS, ModelConfig
 from esr_tf.models.relevance_model import RelevanceModel
 
@@ -27,19 +29,20 @@ def test_derived_tables_are_derived():
     assert ModelConfig().image_size == IMAGE_SIZE
 
 
-def test_concat_path_builds_saves_and_loads(tmp_path):
-    """`model.concat_path` (opt-in, #29): a concat classifier of its own whose logits are added."""
+@pytest.mark.parametrize("option, layer", [("concat_path", "summed_logits"),
+                                           ("interaction", "query_photo_interaction")])
+def test_opt_in_head_layouts_build_save_and_load(tmp_path, option, layer):
+    """`model.concat_path` / `model.interaction` (opt-in, #29): the layer is there, and only then."""
     import numpy as np
 
     from esr_tf.models.builder import TINY_MODEL, build_relevance_model, load_model
 
-    model = build_relevance_model(**TINY_MODEL, concat_path=True)
-    names = {layer.name for layer in model.fusion_head.layers}
-    assert {"concat_path_logits", "summed_logits"} <= names
-    assert "summed_logits" not in {layer.name for layer in build_relevance_model(**TINY_MODEL).fusion_head.layers}
+    model = build_relevance_model(**TINY_MODEL, **{option: True})
+    assert layer in {layer.name for layer in model.fusion_head.layers}
+    assert layer not in {layer.name for layer in build_relevance_model(**TINY_MODEL).fusion_head.layers}
     raw = {"query": ["red shoe"], "title": ["Red shoe"], "brand": [""], "color": [""], "image": [b""]}
     model.save(tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
-    assert again.get_config()["concat_path"] is True
+    assert again.get_config()[option] is True
     np.testing.assert_allclose(again.predict(raw, verbose=0)["probabilities"],
                                model.predict(raw, verbose=0)["probabilities"], atol=1e-6)
