@@ -6,7 +6,7 @@ export holds is timed at batch 1:
 
 - `search_top(query, k=10, rerank=20)`: p50 / p99 over distinct queries (retrieval + BERT and
   cross-attention over 20 candidates);
-- retrieval alone (matmul + `top_k`, the graph's own `_retrieve`) against faiss-cpu
+- retrieval alone (matmul + `top_k`, the graph's own `retrieve`) against faiss-cpu
   `IndexFlatIP` (exact inner-product search, the CPU reference) on the same vectors and k,
   interleaved call by call in this one process, faiss with its default OpenMP threads and with
   one thread: the ratio to faiss's faster setting is the figure;
@@ -95,7 +95,7 @@ def _size_row(model, towers, size: int, queries: int) -> dict:
     search = CatalogueSearch(model, towers, arrays)
     texts = [" ".join(WORDS[(7 * i + j) % len(WORDS)] for j in range(3)) for i in range(queries + 1)]
     vectors = search.query_vectors(tf.constant(texts)).numpy()
-    retrieve = tf.function(lambda v: search._retrieve(v, RERANK), input_signature=[tf.TensorSpec([None, None])])
+    retrieve = tf.function(lambda v: search.retrieve(v, RERANK), input_signature=[tf.TensorSpec([None, None])])
     flat = _faiss(arrays.embeddings)
     calls = {
         "search": lambda i: search.search_top(tf.constant([texts[i]]), tf.constant(10), tf.constant(RERANK)),

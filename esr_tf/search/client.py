@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +46,15 @@ def graph_message(error: Exception) -> str:
     return " ".join(part.strip("[]") for part in re.findall(r"\[[^\]]*\]", line)) or line
 
 
+@functools.lru_cache(maxsize=4)
+def _load(export_dir: str, written_ns: int):
+    """The loaded SavedModel, once per version folder and write time (a version is written once,
+    atomically; `overwrite` gives the graph a new time): loading takes seconds."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(export_dir)
+
+
 class SearchClient:
     """Calls `search` / `search_top` / `similar_products` / `complements` of an index export."""
 
@@ -54,7 +64,8 @@ class SearchClient:
 
         self.export_dir = resolve_export(export_dir)
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(self.export_dir))
+        graph = self.export_dir / "saved_model.pb"
+        self._loaded = _load(str(self.export_dir), graph.stat().st_mtime_ns)
         if "search" not in self._loaded.signatures:
             raise FileNotFoundError(f"{self.export_dir}: not a search index export (no 'search' signature; "
                                     "build one with esr-tf index)")
@@ -80,8 +91,6 @@ class SearchClient:
             k = min(DEFAULT_K, self.size)
         if isinstance(rerank, int) and not isinstance(rerank, bool) and rerank > self.size:
             rerank = self.size  # beyond the catalogue re-ranks all of it (and never wraps as an int32)
-        if isinstance(k, int) and not isinstance(k, bool) and k > self.size:
-            raise SearchRequestError(f"search: k must be in 1..{self.size} (the catalogue size), got {k}")
         try:
             signature, inputs = search_inputs(queries, k, rerank)
         except (TypeError, ValueError) as error:  # checked here too: a clear message before TF runs

@@ -13,13 +13,27 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from esr_tf.search.towers import sentence_embedding
 from esr_tf.training.encoder_pass import distinct_photos, photo_feature_maps
+
+# One traced function per (model, kind), kept as long as the model: a new `tf.function` on every
+# call retraced each time (TF's "triggered retracing" warning in the retrieval stage, #33).
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced(model, kind: str, make: Callable[[], Callable]) -> Callable:
+    """`make()`'s function for `model`, made once; `make` reaches the model through `held()` (a
+    weak reference: a strong one in a value would keep the key alive forever)."""
+    functions = _TRACED.setdefault(model, {})
+    if kind not in functions:
+        functions[kind] = make()
+    return functions[kind]
 
 
 def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
@@ -29,7 +43,9 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.nd
     width = model.text_encoder.output["sequence_output"].shape[-1]
     if not len(unique):
         return np.zeros((0, width), np.float32)
-    embed = tf.function(lambda t: sentence_embedding(model, t), input_signature=[tf.TensorSpec([None], tf.string)])
+    held = weakref.ref(model)
+    embed = _traced(model, "sentence_embedding", lambda: tf.function(
+        lambda t: sentence_embedding(held(), t), input_signature=[tf.TensorSpec([None], tf.string)]))
     # Similar lengths batched together: each batch runs only up to its longest text.
     order = np.argsort([len(t) for t in unique], kind="stable")
     out = np.zeros((len(unique), width), np.float32)
@@ -37,6 +53,10 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.nd
         rows = order[start : start + batch_size]
         out[rows] = embed(tf.constant(unique[rows].tolist())).numpy()
     return out[inverse.reshape(-1)]
+
+
+# Photos encoded per `photo_feature_maps` call while the index is built.
+PHOTO_CHUNK = 1024
 
 
 def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -54,10 +74,17 @@ def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.
     table = np.zeros((len(unique) + 1, *shape), np.float32)
     if not unique:
         return table, rows
-    maps = photo_feature_maps(model, unique, batch_size)
-    project = tf.function(lambda m: model.image_tokens(m, training=False), autograph=False)
-    for start in range(0, len(unique), batch_size):
-        table[1 + start : 1 + start + batch_size] = project(tf.constant(maps[start : start + batch_size])).numpy()
+    spec = tf.TensorSpec([None, *model.image_encoder.output.shape[1:]], tf.float32)
+    held = weakref.ref(model)
+    project = _traced(model, "image_tokens", lambda: tf.function(
+        lambda m: held().image_tokens(m, training=False), input_signature=[spec], autograph=False))
+    # Feature maps are ~10x the size of the tokens (7x7x1283 vs 49x128 floats): encode and project
+    # a chunk at a time, so that RAM holds the token table and one chunk of maps, not every map.
+    for chunk in range(0, len(unique), PHOTO_CHUNK):
+        maps = photo_feature_maps(model, unique[chunk : chunk + PHOTO_CHUNK], batch_size)
+        for start in range(0, len(maps), batch_size):
+            rows_at = 1 + chunk + start
+            table[rows_at : rows_at + batch_size] = project(tf.constant(maps[start : start + batch_size])).numpy()
     return table, rows
 
 

@@ -170,7 +170,7 @@ def fit_retrieval(model, catalogue, config: RetrievalConfig, *, seed: int = 0, o
     batch = min(config.batch_size, len(pairs["query"]))
     ds = (tf.data.Dataset.from_tensor_slices(x).shuffle(len(pairs["query"]), seed=seed)
           .batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
-    history = task.fit(ds, epochs=config.epochs, verbose=verbose).history
+    history = task.fit(ds, epochs=config.epochs, verbose=verbose, shuffle=False).history
     metrics = {s: _split_recall(model, catalogue, s, index, towers, vectors) for s in ("train", "valid", "test")
                if catalogue.select(s)}
     if out_dir is not None:

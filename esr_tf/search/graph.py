@@ -1,8 +1,9 @@
 """Search over a whole catalogue in one servable graph: retrieval, then cross-attention re-ranking.
 
-`CatalogueSearch` (a `tf.Module`) holds the relevance model, the query tower and the catalogue as
-variables: product ids, titles, unit product vectors (stored `[d, N]`), a bfloat16 table of image tokens
-(one row per distinct photo; row 0 "no photo") and each product's row in it. Its functions use
+`CatalogueSearch` (a plain object) holds the relevance model, the query tower and the catalogue
+(`CatalogueVariables`, a `tf.Module`: what an export tracks) as variables: product ids, titles,
+unit product vectors (stored `[d, N]`), a bfloat16 table of image tokens (one row per distinct
+photo; row 0 "no photo") and each product's row in it. Its functions use
 stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
 
 - `search(query)` / `search_top(query, k, rerank)`: the query tower's vector against every
@@ -114,7 +115,8 @@ class CatalogueSearch:
         ok = tf.logical_and(k >= 1, k <= self.size)
         return _checked(k, ok, [f"{name} must be in 1..{self.size} (the catalogue size), got", k])
 
-    def _queries(self, query: tf.Tensor) -> tf.Tensor:
+    def _queries(self, query: tf.Tensor) -> tuple[tf.Tensor, dict]:
+        """(the checked queries, their packed ids: the query tower reads them too)."""
         query = self._rows(query, "query")
         # Empty = no known word piece left after the tokenizer's own normalisation: "\u00a0", a
         # zero-width space, "\u3000" ([UNK]) or undecodable bytes are as empty as "".
@@ -123,7 +125,8 @@ class CatalogueSearch:
         words = tf.logical_and(words, tf.logical_not(tf.reduce_any(
             tf.equal(packed["token_ids"][..., None], self.no_word_ids), axis=-1)))
         empty = tf.logical_not(tf.reduce_any(words, axis=1))
-        return _checked(query, tf.logical_not(tf.reduce_any(empty)), ["empty query at rows", tf.where(empty)[:, 0]])
+        query = _checked(query, tf.logical_not(tf.reduce_any(empty)), ["empty query at rows", tf.where(empty)[:, 0]])
+        return query, packed
 
     def _lookup(self, product_id: tf.Tensor) -> tf.Tensor:
         """Catalogue rows of `product_id` [B] (an unknown id is an error naming it)."""
@@ -135,7 +138,7 @@ class CatalogueSearch:
 
     # === Retrieval and re-ranking ===
 
-    def _retrieve(self, vectors: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def retrieve(self, vectors: tf.Tensor, n: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(cosine [B, n], rows [B, n]): exact top-n products by dot product."""
         return tf.math.top_k(tf.matmul(vectors, self.embeddings), n)
 
@@ -154,7 +157,9 @@ class CatalogueSearch:
         out = self.model.score(text, packed, tokens, has_image, training=False)
         shape = tf.shape(rows)
         return {"score": tf.reshape(tf.cast(out["score"], tf.float32), shape),
-                "probabilities": tf.reshape(tf.cast(out["probabilities"], tf.float32), tf.concat([shape, [-1]], 0))}
+                # the label count spelled out, not -1: an empty batch has nothing to infer it from
+                "probabilities": tf.reshape(tf.cast(out["probabilities"], tf.float32),
+                                            tf.concat([shape, [self.model.label_set.num_labels]], 0))}
 
     def _ranked(self, rows, retrieval, scored, key: tf.Tensor, k) -> dict[str, tf.Tensor]:
         """The best `k` of `rows` by `key` [B, n], with their outputs."""
@@ -170,14 +175,14 @@ class CatalogueSearch:
             "retrieval_scores": tf.gather(retrieval, order, batch_dims=1),
         }
 
-    def query_vectors(self, query: tf.Tensor) -> tf.Tensor:
-        return self.query_tower(sentence_embedding(self.model, query), training=False)
+    def query_vectors(self, query: tf.Tensor, packed: dict | None = None) -> tf.Tensor:
+        return self.query_tower(sentence_embedding(self.model, query, packed), training=False)
 
     def _search_top(self, query, k, rerank):
-        query = self._queries(query)
+        query, packed = self._queries(query)
         k = self._k(k)
         n = tf.clip_by_value(tf.maximum(rerank, k), 1, self.size)  # re-rank at least k, at most all
-        retrieval, rows = self._retrieve(self.query_vectors(query), n)
+        retrieval, rows = self.retrieve(self.query_vectors(query, packed), n)
         scored = self._rerank(query, rows)
         return self._ranked(rows, retrieval, scored, scored["score"], k)
 

@@ -46,10 +46,14 @@ def trim_padding(packed: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {k: v[:, :width] for k, v in packed.items()}
 
 
-def sentence_embedding(model, texts: tf.Tensor) -> tf.Tensor:
-    """`[B, H]`: the model's frozen BERT over each text alone (segment 0), mean-pooled."""
-    texts = tf.convert_to_tensor(texts, tf.string)
-    packed = trim_padding(model.preprocessor.tokenize(texts, None))
+def sentence_embedding(model, texts: tf.Tensor, packed: dict | None = None) -> tf.Tensor:
+    """`[B, H]`: the model's frozen BERT over each text alone (segment 0), mean-pooled.
+
+    `packed`: the texts' `preprocessor.tokenize(texts, None)` where the caller has it already.
+    """
+    if packed is None:
+        packed = model.preprocessor.tokenize(tf.convert_to_tensor(texts, tf.string), None)
+    packed = trim_padding(packed)
     out = model.encode_text(packed, training=False)
     return masked_mean(tf.cast(out["sequence_output"], tf.float32), out["text_mask"])
 
