@@ -123,13 +123,14 @@ def compare_training_speed(data: str, out_dir: str, store: str, overrides: list[
         "fixed_length_ram": trainer.training_datasets(in_ram, trainee, ram_features, strategy, full_length=True)[0],
     }
     for ds in sources.values():  # traces the step for each input signature
-        trainee.fitted.fit(ds, epochs=1, steps_per_epoch=SKIP_STEPS + 2, verbose=0)
+        trainee.fitted.fit(ds, epochs=1, steps_per_epoch=SKIP_STEPS + 2, verbose=0, shuffle=False)
     rates: dict[str, list[float]] = {name: [] for name in sources}
     names = list(sources)
     for r in range(rounds):
         for name in names[r % 3:] + names[: r % 3]:
             timer = StepTimer()
-            trainee.fitted.fit(sources[name], epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer])
+            trainee.fitted.fit(sources[name], epochs=1, steps_per_epoch=steps, verbose=0, callbacks=[timer],
+                               shuffle=False)
             rates[name].append(timer.steps_per_second(skip=SKIP_STEPS) * config.batch_size)
     result = {f"{name}_ex_s": v for name, v in rates.items()}
     for ref in ("ram", "fixed_length_ram"):

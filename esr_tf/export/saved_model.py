@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +62,17 @@ def _outputs(model, probabilities: tf.Tensor, score: tf.Tensor) -> dict[str, tf.
     }
 
 
-def _check_request(*inputs: tf.Tensor) -> list[tf.Tensor]:
-    """`inputs`, usable only once the request passed the `MAX_REQUEST_ROWS` check
-    (InvalidArgumentError otherwise), so that no decoding starts before it."""
-    check = tf.debugging.assert_less_equal(
-        tf.shape(inputs[0])[0],
-        MAX_REQUEST_ROWS,
-        message=f"request refused: more than {MAX_REQUEST_ROWS} rows (MAX_REQUEST_ROWS); split it",
-    )
-    with tf.control_dependencies([check]):
+def _check_request(names: Sequence[str], *inputs: tf.Tensor) -> list[tf.Tensor]:
+    """`inputs`, usable only once the request passed the `MAX_REQUEST_ROWS` check and every
+    input has the first's row count (InvalidArgumentError naming them otherwise), so that no
+    decoding starts before it."""
+    rows = [tf.shape(x)[0] for x in inputs]
+    too_many = f"request refused: more than {MAX_REQUEST_ROWS} rows (MAX_REQUEST_ROWS); split it"
+    checks = [tf.debugging.assert_less_equal(rows[0], MAX_REQUEST_ROWS, message=too_many)]
+    for name, count in zip(names[1:], rows[1:], strict=True):
+        checks.append(tf.debugging.Assert(tf.equal(count, rows[0]), [
+            f"every input needs one value per row: {names[0]} has", rows[0], f"rows, {name} has", count]))
+    with tf.control_dependencies(checks):
         return [tf.identity(x) for x in inputs]
 
 
@@ -152,7 +154,7 @@ def _serving_default(pre, image_tokens, score) -> tf.types.experimental.Polymorp
 
     @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
     def serving_default(query, *rest):
-        query, *rest = _check_request(query, *rest)
+        query, *rest = _check_request(("query", *fields, "image"), query, *rest)
         tokens, has_image = image_tokens(rest[-1])
         return score(query, dict(zip(fields, rest[:-1], strict=True)), tokens, has_image)
 
@@ -163,7 +165,7 @@ def _embed_images(image_tokens) -> tf.types.experimental.PolymorphicFunction:
     """`embed_images(image)`: image tokens to cache per product."""
     @tf.function(input_signature=[_TEXT_SPEC])
     def embed_images(image):
-        (image,) = _check_request(image)
+        (image,) = _check_request(("image",), image)
         tokens, has_image = image_tokens(image)
         return {"image_tokens": tf.cast(tokens, tf.float32), "has_image": has_image}
 
@@ -179,7 +181,7 @@ def _score_with_image_features(pre, score, token_shape: list) -> tf.types.experi
 
     @tf.function(input_signature=spec)
     def score_with_image_features(query, *rest):
-        query, *rest = _check_request(query, *rest)
+        query, *rest = _check_request(("query", *fields, "image_tokens", "has_image"), query, *rest)
         *text, image_tokens, has_image = rest
         product = dict(zip(fields, text, strict=True))
         return score(query, product, _check_image_features(image_tokens, has_image), has_image)
@@ -196,7 +198,7 @@ def _explain(model, image_tokens) -> tf.types.experimental.PolymorphicFunction:
 
     @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
     def explain(query, *rest):
-        query, *rest = _check_request(query, *rest)
+        query, *rest = _check_request(("query", *fields, "image"), query, *rest)
         tokens, has_image = image_tokens(rest[-1])
         packed = pre.tokenize(query, dict(zip(fields, rest[:-1], strict=True)))
         text = model.encode_text(packed, training=False)

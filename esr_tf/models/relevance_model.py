@@ -253,6 +253,13 @@ class RelevanceModel(keras_hub.models.Task):
         """
         return am.explain(self, inputs, batch_size=batch_size)
 
+    def predict(self, x, *args, **kwargs):
+        """Keras `predict`; raw inputs are checked first (a missing product field or inputs of
+        different lengths is one error naming them, not a failure deep inside the graph)."""
+        if self.preprocessor is not None and isinstance(x, dict) and "query" in x:
+            self.preprocessor.check_raw(x)
+        return super().predict(x, *args, **kwargs)
+
     def get_config(self) -> dict:
         return {
             **super().get_config(),

@@ -44,6 +44,22 @@ def require_columns(columns: Mapping, keys: Sequence[str], who: str) -> None:
                        "(an empty string is a valid field value)")
 
 
+def require_equal_rows(columns: Mapping, keys: Sequence[str], who: str) -> None:
+    """`ValueError` naming the `keys` whose row counts differ (where they are known: a symbolic
+    tensor's are not), and `TypeError` for a bare string where a list of strings is meant."""
+    rows = {}
+    for key in keys:
+        value = columns[key]
+        if isinstance(value, str | bytes):
+            raise TypeError(f"{who}: {key!r} must be a list of values, one per row, not one string")
+        shape = getattr(value, "shape", None)
+        count = (shape[0] if len(shape) else None) if shape is not None else len(value)
+        if count is not None:
+            rows[key] = int(count)
+    if len(set(rows.values())) > 1:
+        raise ValueError(f"{who}: every input needs one value per row; got rows {rows}")
+
+
 def raw_dataset(
     columns: Mapping[str, np.ndarray],
     *,

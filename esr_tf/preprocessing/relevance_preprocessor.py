@@ -33,7 +33,7 @@ from keras_hub.layers import MultiSegmentPacker
 
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.preprocessing.image_decoder import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, ImageDecoder
-from esr_tf.preprocessing.pipeline import require_columns
+from esr_tf.preprocessing.pipeline import require_columns, require_equal_rows
 
 
 def check_product_text(value, where: str = "product_text") -> dict[str, int]:
@@ -172,8 +172,10 @@ class RelevancePreprocessor(keras_hub.models.Preprocessor):
         }
 
     def check_raw(self, x) -> None:
-        """`KeyError` naming the raw inputs `x` lacks (every product field read must be there)."""
+        """`KeyError` naming the raw inputs `x` lacks (every product field read must be there);
+        `ValueError` naming the inputs whose row counts differ."""
         require_columns(x, self.raw_inputs, "RelevancePreprocessor (raw inputs)")
+        require_equal_rows(x, self.raw_inputs, "RelevancePreprocessor (raw inputs)")
 
     def preprocess_text(self, x: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """First stage (graph mode): tokenizes `query` + product text, passes `image` bytes through.

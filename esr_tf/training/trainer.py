@@ -193,6 +193,7 @@ def train(
         steps_per_epoch=trainee.steps,
         callbacks=make_callbacks(config, out, guard),
         verbose=verbose,
+        shuffle=False,  # the dataset shuffles itself; Keras warns about its own default
     )
     seconds["fit"] = time.perf_counter() - started
     result = _finish(trainee.model, history.history, guard, catalogue, out, features)

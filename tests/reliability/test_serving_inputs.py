@@ -242,3 +242,15 @@ def test_risky_images_give_invalid_argument_in_a_child_process(tiny_export, tmp_
         assert "[50000 50000]" in report[f"huge_{fmt}_header/serving_default"]
     assert "[16384 16384]" in report["huge_webp_header/serving_default"]
     assert "InvalidArgumentError" in child.stdout  # printed, not only returned
+
+
+def test_inputs_of_different_row_counts_name_both(loaded):
+    """#33 item 7: 3 rows of image_tokens with 2 of has_image failed at an internal Reshape
+    naming neither input; a query column shorter than the title column likewise."""
+    tokens = loaded.signatures["embed_images"](image=tf.constant([b""] * 3))["image_tokens"].numpy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"one value per row: query has.*has_image has"):
+        loaded.signatures["score_with_image_features"](
+            query=tf.constant(["red"] * 3), title=tf.constant(["Red mug"] * 3), brand=tf.constant([""] * 3),
+            color=tf.constant([""] * 3), image_tokens=tf.constant(tokens), has_image=tf.constant([0.0, 0.0]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"one value per row: query has.*(title|brand) has"):
+        serve(loaded, ["red"] * 2, ["Red mug"] * 3, [b""] * 2)

@@ -144,3 +144,16 @@ def test_update_refuses_other_models_and_bad_removals(tiny_index, tiny_trained, 
     with pytest.raises(IndexBuildError, match="no index version"):
         update_search_index(tiny_trained.model, tiny_towers, base, "never-built", remove=["x"])
     assert not [p for p in tiny_index.parent.iterdir() if p.name.startswith(".")], "no staging left behind"
+
+
+def test_an_empty_batch_gets_empty_outputs(loaded):
+    """#33 item 7: `search` / `similar_products` / `complements` failed inside the graph on 0 rows
+    ("Reduction axis -1 is empty in shape [0,10,0]") while `serving_default` returned 0 rows."""
+    empty = tf.constant([], tf.string)
+    outputs = [loaded.signatures["search"](query=empty),
+               loaded.signatures["search_top"](query=empty, k=tf.constant(3), rerank=tf.constant(5)),
+               loaded.signatures["similar_products"](product_id=empty),
+               loaded.signatures["complements"](product_id=empty)]
+    for out in outputs:
+        assert out["product_ids"].shape[0] == 0 and out["probabilities"].shape[0] == 0
+        assert out["probabilities"].shape[-1] == 4
