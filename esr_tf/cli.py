@@ -136,7 +136,14 @@ def cmd_ablate(args) -> int:
 
     config = _config(args)
     modes = tuple(args.modes.split(",")) if args.modes else ABLATION_MODES
-    print(markdown_table(ablate(config, modes, seeds=args.seeds, overwrite=args.overwrite)))
+    if "," in config.data:  # several catalogues, one recipe: quality.json beside each ablation.json
+        from esr_tf.training.quality import ablate_catalogues, quality_markdown
+
+        result = ablate_catalogues(config, config.data.split(","), modes, seeds=args.seeds, split=args.split,
+                                   overwrite=args.overwrite)
+        print(f"{quality_markdown(result)}\nwritten to {Path(config.out_dir) / 'quality.json'} and quality.md")
+        return 0
+    print(markdown_table(ablate(config, modes, seeds=args.seeds, overwrite=args.overwrite, split=args.split)))
     print(f"written to {Path(config.out_dir) / 'ablation.json'} and ablation.md")
     return 0
 
@@ -328,6 +335,8 @@ def _add_ablate(sub) -> None:
         type=_seed_list,
         help="comma-separated training seeds, e.g. 0,1,2: each mode once per seed (default: the config's)",
     )
+    p.add_argument("--split", default="test", choices=("valid", "test"), help="where runs are scored: valid "
+                   "to choose a recipe, test once for it; --data A,B,C: each catalogue, quality.json / .md")
     p.set_defaults(func=cmd_ablate)
 
 

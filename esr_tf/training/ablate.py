@@ -33,6 +33,9 @@ from esr_tf.training.trainer import load_training_data, train
 
 ABLATION_MODES = ("text_only", "image_only", "concat", "cross_attention")
 SINGLE_MODALITIES = ("text_only", "image_only")
+# Compared besides the best single modality: the fusion must never be worse than its concat path (#29).
+EXTRA_PAIRS = (("cross_attention", "concat"),)
+TRAIN_ACCURACY = "probabilities_accuracy"  # the last epoch's, from keras' history
 
 
 def ablate(
@@ -44,6 +47,7 @@ def ablate(
     bootstrap_seed: int = DEFAULT_SEED,
     verbose: int = 0,
     overwrite: bool = False,
+    split: str = "test",
 ) -> dict:
     """Trains and evaluates each mode once per seed (default: the config's seed); writes
     `ablation.json` / `ablation.md` and returns what `ablation.json` holds: `runs`, `summary`
@@ -53,7 +57,8 @@ def ablate(
     and `cross_attention`; `text_only` reads no photo, `image_only`'s BERT sees only the query),
     and `text_only` reuses an earlier seed's when the encoders match (pretrained weights). Photo
     modes of another seed are not offered: their colour-hidden training copies differ by seed.
-    `overwrite`: start every run fresh (see `train`).
+    `overwrite`: start every run fresh (see `train`). `split`: where runs are scored: `valid`
+    to choose between variants, `test` once for the chosen one.
     """
     seeds = (config.seed,) if seeds is None else tuple(int(s) for s in seeds)
     if not seeds or len(set(seeds)) != len(seeds) or not modes or len(set(modes)) != len(modes):
@@ -76,34 +81,36 @@ def ablate(
                 text_features = result.features
             else:
                 shared = result.features
-            report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed)
+            report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
             runs.append(
                 {
                     "fusion": mode,
                     "seed": seed,
                     "epochs": result.epochs_run,
+                    "train_accuracy": round(float((result.history.get(TRAIN_ACCURACY) or [np.nan])[-1]), 6),
                     "out_dir": str(run_dir),
                     **{k: report[k] for k in REPORT_COLUMNS},
                     **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
                 }
             )
-    result = summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed)
+    result = {**summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed), "split": split}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(markdown_table(result) + "\n")
     return result
 
 
-def _evaluate(result, catalogue, run_dir: Path, resamples: int, seed: int) -> tuple[dict, QueryStats]:
-    """metrics.json of the test split, and its per-query sums for the paired bootstrap."""
-    test_features = result.features.get("test")
+def _evaluate(result, catalogue, run_dir: Path, resamples: int, seed: int,
+              split: str = "test") -> tuple[dict, QueryStats]:
+    """metrics.json of `split`, and its per-query sums for the paired bootstrap."""
+    test_features = result.features.get(split)
     label_set = result.model.label_set
-    columns = catalogue.columns("test", label_set=label_set)  # numbered as the model's outputs
+    columns = catalogue.columns(split, label_set=label_set)  # numbered as the model's outputs
     if test_features is not None:
         predictions = predict_features(result.model, test_features)
     else:
         predictions = predict_columns(result.model, columns)
     report = evaluate_model(
-        result.model, catalogue, split="test", out_dir=run_dir, predictions=predictions, resamples=resamples, seed=seed
+        result.model, catalogue, split=split, out_dir=run_dir, predictions=predictions, resamples=resamples, seed=seed
     )
     probabilities, scores = predictions["probabilities"], predictions["score"]
     stats = query_stats(columns["query_id"], columns["label"], probabilities, scores, label_set=label_set)
@@ -135,6 +142,7 @@ def summarise(
     summary = []
     for mode in modes:
         row: dict = {"fusion": mode, "runs": len(seeds), "epochs": [value[mode, s]["epochs"] for s in seeds]}
+        row["train_accuracy"] = _spread([value[mode, s].get("train_accuracy", np.nan) for s in seeds])
         for m in INTERVAL_METRICS:
             seed_mean = np.mean([samples[mode, s][m] for s in seeds], axis=0)
             row[m] = {**_spread([value[mode, s][m] for s in seeds]), "ci95": percentile_interval(seed_mean)}
@@ -142,14 +150,14 @@ def summarise(
 
     singles = [row for row in summary if row["fusion"] in SINGLE_MODALITIES]
     best = max(singles, key=lambda row: row["macro_f1"]["mean"])["fusion"] if singles else None
+    pairs = [(mode, best) for mode in modes if best and mode not in SINGLE_MODALITIES]
+    pairs += [pair for pair in EXTRA_PAIRS if set(pair) <= set(modes)]
     differences = []
-    for mode in modes if best else ():
-        if mode in SINGLE_MODALITIES:
-            continue
-        row = {"fusion": mode, "versus": best}
+    for mode, versus in pairs:
+        row = {"fusion": mode, "versus": versus}
         for m in INTERVAL_METRICS:
-            per_seed = [value[mode, s][m] - value[best, s][m] for s in seeds]
-            paired = np.mean([samples[mode, s][m] - samples[best, s][m] for s in seeds], axis=0)
+            per_seed = [value[mode, s][m] - value[versus, s][m] for s in seeds]
+            paired = np.mean([samples[mode, s][m] - samples[versus, s][m] for s in seeds], axis=0)
             row[m] = {**_spread(per_seed), "ci95": percentile_interval(paired)}
             row[m]["per_seed"] = [round(d, 6) for d in per_seed]
         differences.append(row)
@@ -174,30 +182,33 @@ def _cell(stat: dict, signed: bool = False) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """Per-mode table and, when there is a single modality to compare with, the differences."""
+    """Per-mode table and the paired differences (to the best single modality; cross-attention
+    to concat)."""
     seeds = ", ".join(str(s) for s in result["seeds"])
     spread = "mean ± sd over seeds" if len(result["seeds"]) > 1 else "value"
+    split = result.get("split", "test")
     lines = [
-        f"Seeds {seeds}; cells: {spread} [95 % interval, query bootstrap of the test split, "
-        f"{result['bootstrap']['resamples']} resamples].",
+        f"Seeds {seeds}; cells: {spread} [95 % interval, query bootstrap of the {split} split, "
+        f"{result['bootstrap']['resamples']} resamples]; train accuracy: the last epoch's.",
         "",
-        "| fusion | epochs | " + " | ".join(INTERVAL_METRICS) + " |",
-        "|---" * (len(INTERVAL_METRICS) + 2) + "|",
+        "| fusion | epochs | train accuracy | " + " | ".join(INTERVAL_METRICS) + " |",
+        "|---" * (len(INTERVAL_METRICS) + 3) + "|",
     ]
     for row in result["summary"]:
         epochs = "/".join(str(e) for e in row["epochs"])
         cells = " | ".join(_cell(row[m]) for m in INTERVAL_METRICS)
-        lines.append(f"| {row['fusion']} | {epochs} | {cells} |")
+        train = row.get("train_accuracy", {}).get("mean")
+        lines.append(f"| {row['fusion']} | {epochs} | {'' if train is None else f'{train:.3f}'} | {cells} |")
     if result["differences"]:
-        best = result["best_single_modality"]
         lines += [
             "",
-            f"Paired difference to the best single modality ({best}, by mean macro-F1):",
+            "Paired differences (best single modality by mean macro-F1: "
+            f"{result['best_single_modality']}):",
             "",
-            "| fusion | " + " | ".join(f"Δ {m}" for m in INTERVAL_METRICS) + " |",
-            "|---" * (len(INTERVAL_METRICS) + 1) + "|",
+            "| fusion | versus | " + " | ".join(f"Δ {m}" for m in INTERVAL_METRICS) + " |",
+            "|---" * (len(INTERVAL_METRICS) + 2) + "|",
         ]
         for row in result["differences"]:
             cells = " | ".join(_cell(row[m], signed=True) for m in INTERVAL_METRICS)
-            lines.append(f"| {row['fusion']} | {cells} |")
+            lines.append(f"| {row['fusion']} | {row['versus']} | {cells} |")
     return "\n".join(lines)

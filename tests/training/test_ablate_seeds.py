@@ -37,17 +37,18 @@ def test_summarise_pairs_by_seed_and_query():
     values = [r["macro_f1"] for r in runs if r["fusion"] == "concat"]
     assert by_mode["concat"]["macro_f1"]["mean"] == pytest.approx(np.mean(values), abs=1e-6)
     assert by_mode["concat"]["macro_f1"]["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-6)
-    diff = {row["fusion"]: row for row in result["differences"]}
-    assert list(diff) == ["concat", "cross_attention"]  # single modalities are not compared
-    concat = diff["concat"]["macro_f1"]
+    diff = {(row["fusion"], row["versus"]): row for row in result["differences"]}
+    # single modalities are not compared; cross-attention also against concat (#29)
+    assert list(diff) == [("concat", "text_only"), ("cross_attention", "text_only"), ("cross_attention", "concat")]
+    concat = diff["concat", "text_only"]["macro_f1"]
     per_seed = [a["macro_f1"] - b["macro_f1"] for a, b in zip(runs[2::4], runs[0::4], strict=True)]
     assert concat["per_seed"] == pytest.approx(per_seed, abs=1e-6)
     assert concat["ci95"][0] <= concat["mean"] <= concat["ci95"][1] and concat["ci95"][0] > 0
     for m in ("accuracy", "macro_f1", "ndcg@10", "mrr"):
-        assert diff["cross_attention"][m]["ci95"] == [0.0, 0.0], m
+        assert diff["cross_attention", "text_only"][m]["ci95"] == [0.0, 0.0], m
     table = markdown_table(result)
     assert "Seeds 0, 1, 2" in table and " ± " in table and "Δ macro_f1" in table
-    assert "| cross_attention | +0.000 ± 0.000 [+0.000, +0.000]" in table
+    assert "| cross_attention | text_only | +0.000 ± 0.000 [+0.000, +0.000]" in table
 
 
 @pytest.mark.slow
@@ -74,6 +75,33 @@ def test_cli_ablate_seeds_runs_each_mode_per_seed(tiny_catalogue, tmp_path, monk
     assert concat["fusion"] == "concat" and concat["versus"] == "text_only"
     assert len(concat["macro_f1"]["per_seed"]) == 2 and len(concat["ndcg@10"]["ci95"]) == 2
     printed = capsys.readouterr().out
-    assert "Paired difference to the best single modality (text_only" in printed
+    assert "best single modality by mean macro-F1: text_only" in printed
     with pytest.raises(SystemExit):
         main(["ablate", "--seeds", "0,x"])
+
+
+@pytest.mark.slow
+def test_cli_ablate_on_several_catalogues_scores_valid(tiny_catalogue, tmp_path, monkeypatch, capsys):
+    """#29 item 1: `--data A,B --split valid`: one ablation per catalogue, quality.json / .md with
+    cross-attention against concat, the training accuracy and the mean over catalogues."""
+    from esr_tf.cli import main
+    from esr_tf.models.builder import TINY_MODEL
+    from esr_tf.training import ablate as module
+
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"epochs": 1, "batch_size": 16, "model": TINY_MODEL}))
+    monkeypatch.setattr(module, "load_training_data", lambda config: tiny_catalogue)
+    out = tmp_path / "quality"
+    argv = ["ablate", "--config", str(config), "--out", str(out), "--data", "demo,shop_b/",
+            "--modes", "concat,cross_attention", "--split", "valid"]
+    assert main(argv) == 0
+    result = json.loads((out / "quality.json").read_text())
+    assert list(result["catalogues"]) == ["demo", "shop_b"] and result["split"] == "valid"
+    for name, one in result["catalogues"].items():
+        assert one["split"] == "valid" and (out / name / "ablation.json").is_file()
+        (pair,) = one["differences"]
+        assert (pair["fusion"], pair["versus"]) == ("cross_attention", "concat")
+        assert all(0 <= run["train_accuracy"] <= 1 for run in one["runs"])
+    assert set(result["mean_macro_f1"]) == {"concat", "cross_attention"}
+    printed = capsys.readouterr().out
+    assert "## Mean over catalogues" in printed and "valid split" in printed
