@@ -79,6 +79,7 @@ def cmd_demo(args) -> int:
         cpp=not args.no_cpp,
         verbose=fit_verbose(),
         overwrite=args.overwrite,
+        show_signatures=args.verbose,  # saved_model_cli's 40-line listing only when asked for
     )
     return 0 if summary["verify_ok"] else 1
 

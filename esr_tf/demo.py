@@ -28,10 +28,12 @@ def run_demo(
     cpp: bool = True,
     verbose: int = 1,
     overwrite: bool = False,
+    show_signatures: bool = False,
 ) -> dict:
     """Runs the demo; returns a summary dict (also written to `<out_dir>/demo_summary.json`).
 
     `overwrite`: start afresh in `out_dir` when it holds a run of other settings (see `train`).
+    `show_signatures`: print the export's `saved_model_cli show` listing after verify's checks.
     """
     from esr_tf.training.evaluate import evaluate_model
     from esr_tf.training.trainer import train
@@ -50,7 +52,7 @@ def run_demo(
         features=result.features.get("test"),
     )
     base = out / "serving_models"
-    export_dir, verification = _export_and_verify(result.model, base, cpp)
+    export_dir, verification = _export_and_verify(result.model, base, cpp, show_signatures)
     request = _sample_request(result.catalogue, result.model.preprocessor.product_fields)
     summary = {
         "macro_f1": report["macro_f1"],
@@ -87,14 +89,14 @@ def _demo_config(out: Path, size: str, epochs: int | None, random_init: bool, ov
     return parse_config({"data": "demo"}, settings)
 
 
-def _export_and_verify(model, base: Path, cpp: bool) -> tuple[Path, dict]:
+def _export_and_verify(model, base: Path, cpp: bool, show_signatures: bool = False) -> tuple[Path, dict]:
     """The next version under `<base>/esr`, verified like TF Serving loads it (report printed)."""
     from esr_tf.export.saved_model import export_saved_model, next_version
     from esr_tf.export.verify import format_report, verify_export
 
     export_dir = export_saved_model(model, base, model_name="esr", version=next_version(base / "esr"))
     verification = verify_export(export_dir, cpp=cpp)
-    print(format_report(verification))
+    print(format_report(verification, signatures=show_signatures))
     return export_dir, verification
 
 

@@ -127,7 +127,8 @@ def _recover(model_dir: Path) -> None:
             recover_versions(model_dir)
 
 
-def format_report(report: dict) -> str:
+def format_report(report: dict, signatures: bool = True) -> str:
+    """One PASS / FAIL line per check; `signatures`: also `saved_model_cli show`'s listing."""
     lines = [f"esr-tf verify: {'PASS' if report['ok'] else 'FAIL'}"]
     load = report["load"]
     if "checks" in load:
@@ -161,8 +162,9 @@ def format_report(report: dict) -> str:
             )
             lines.extend(f"    [FAIL] {c['signature']}/{c['output']}: max |diff| {c['max_abs_diff']:.2e}"
                          for c in cpp["checks"] if not c["ok"])
-    lines.append("  saved_model_cli show:")
-    lines.extend("    " + line for line in report["saved_model_cli"].splitlines())
+    if signatures:
+        lines.append("  saved_model_cli show:")
+        lines.extend("    " + line for line in report["saved_model_cli"].splitlines())
     return "\n".join(lines)
 
 

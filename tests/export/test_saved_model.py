@@ -103,6 +103,8 @@ def test_verify_passes_in_a_fresh_process_and_cpp(tiny_export, tmp_path):
     }
     assert all(c["max_abs_diff"] <= 1e-4 for c in report["load"]["checks"])
     assert "PASS" in text and "serving_default" in report["saved_model_cli"] or "inputs" in report["saved_model_cli"]
+    quiet = format_report(report, signatures=False)  # what `esr-tf demo` prints without --verbose (#33)
+    assert "saved_model_cli show" in text and "saved_model_cli show" not in quiet and "PASS" in quiet
     if use_cpp:
         assert report["cpp"]["ok"] and report["cpp"]["max_abs_diff"] <= 1e-4
 
