@@ -43,6 +43,7 @@ def run_demo(
     config = _demo_config(out, size, epochs, random_init, overrides)
     result = train(config, overwrite=overwrite, verbose=verbose)
     trained = time.perf_counter()
+    print("evaluating on the test split", flush=True)
     report = evaluate_model(
         result.model,
         result.catalogue,
@@ -94,7 +95,9 @@ def _export_and_verify(model, base: Path, cpp: bool, show_signatures: bool = Fal
     from esr_tf.export.saved_model import export_saved_model, next_version
     from esr_tf.export.verify import format_report, verify_export
 
+    print("exporting the SavedModel", flush=True)
     export_dir = export_saved_model(model, base, model_name="esr", version=next_version(base / "esr"))
+    print(f"verifying {export_dir} (a TF + TF-Text-only process{', the C++ loader' if cpp else ''})", flush=True)
     verification = verify_export(export_dir, cpp=cpp)
     print(format_report(verification, signatures=show_signatures))
     return export_dir, verification

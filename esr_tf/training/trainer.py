@@ -185,6 +185,8 @@ def train(
     seconds = {"features": time.perf_counter() - started}
     train_ds, valid_ds = training_datasets(config, trainee, features, strategy)
     guard = NaNGuard()
+    if verbose:
+        print(f"training: {config.epochs} epochs of {trainee.steps:,} steps", flush=True)
     started = time.perf_counter()
     history = trainee.fitted.fit(
         train_ds,
