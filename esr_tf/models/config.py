@@ -88,7 +88,7 @@ class ModelConfig:
     modality_dropout: float = 0.15
     photo_summary: bool = True
     concat_path: bool = False
-    interaction: bool = False
+    interaction: bool = True
     freeze_text: bool = True
     freeze_image: bool = True
     label_set: dict = field(default_factory=lambda: LabelSet().get_config())

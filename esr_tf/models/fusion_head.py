@@ -136,7 +136,7 @@ def build_fusion_head(
     photo_summary: bool,
     label_set: LabelSet,
     concat_path: bool = False,
-    interaction: bool = False,
+    interaction: bool = True,
     special_token_ids: list[int],
     token_embedding: keras.layers.Layer,
 ) -> keras.Model:

@@ -113,7 +113,10 @@ class TrainConfig:
             float32) or `"auto"` (both timed on this machine first; bfloat16 only where the
             pass would be >= 1.15x faster: on the two CPUs measured, neither AMX nor
             AVX512_BF16 made it pay).
-        early_stopping_patience: epochs without `val_loss` improvement before stopping (0 = off).
+        early_stopping_patience: epochs without `val_loss` improvement before stopping and
+            restoring the best epoch (0 = off, the default: the whole budget and its cosine
+            schedule run; on catalogues where the photo is learned after a plateau, stopping on
+            a noisy `val_loss` ended training inside it, #29).
         mixed_precision: `"auto"` (mixed_float16 on GPU only), `"on"` or `"off"`.
         strategy: `default`, `mirrored` or `multiworker` (reads `TF_CONFIG`).
         deterministic: fixed tf.data order and op determinism (slower).
@@ -140,7 +143,7 @@ class TrainConfig:
     feature_store: str = ""
     feature_store_dtype: str = "int8"
     feature_pass_precision: str = "float32"
-    early_stopping_patience: int = 4
+    early_stopping_patience: int = 0
     mixed_precision: str = "auto"
     strategy: str = "default"
     deterministic: bool = False

@@ -31,15 +31,16 @@ def test_derived_tables_are_derived():
 
 @pytest.mark.parametrize("option, layer", [("concat_path", "summed_logits"),
                                            ("interaction", "query_photo_interaction")])
-def test_opt_in_head_layouts_build_save_and_load(tmp_path, option, layer):
-    """`model.concat_path` / `model.interaction` (opt-in, #29): the layer is there, and only then."""
+def test_head_layout_options_build_save_and_load(tmp_path, option, layer):
+    """`model.concat_path` (opt-in) / `model.interaction` (default, #29): the layer is there, and only then."""
     import numpy as np
 
     from esr_tf.models.builder import TINY_MODEL, build_relevance_model, load_model
 
     model = build_relevance_model(**TINY_MODEL, **{option: True})
     assert layer in {layer.name for layer in model.fusion_head.layers}
-    assert layer not in {layer.name for layer in build_relevance_model(**TINY_MODEL).fusion_head.layers}
+    without = build_relevance_model(**TINY_MODEL, **{option: False})
+    assert layer not in {layer.name for layer in without.fusion_head.layers}
     raw = {"query": ["red shoe"], "title": ["Red shoe"], "brand": [""], "color": [""], "image": [b""]}
     model.save(tmp_path / "m.keras")
     again = load_model(tmp_path / "m.keras")
