@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 
 from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK, MISSING_IMAGE_POLICIES
@@ -64,11 +65,27 @@ def cmd_index(args) -> int:
     return verify_and_print(path, cpp=not args.no_cpp)
 
 
+def _width(text: str) -> int:
+    """Terminal columns of `text`: wide (CJK, emoji) characters take two, combining marks none."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _cell(text: str, width: int) -> str:
+    """`text` cut to `width` columns (marked with "…") and padded to exactly `width`."""
+    if _width(text) > width:
+        while _width(text) > width - 1:
+            text = text[:-1]
+        text += "…"
+    return text + " " * (width - _width(text))
+
+
 def _table(rows: list[dict]) -> str:
-    lines = [f"{'#':>3}  {'product_id':<16} {'label':<11} {'score':>6}  title"]
+    # Ids are printed whole (two ids cut to 16 characters printed the same, #33).
+    id_width = max([10, *(_width(hit["product_id"]) for hit in rows)])
+    lines = [f"{'#':>3}  {_cell('product_id', id_width)} {'label':<11} {'score':>6}  title"]
     for rank, hit in enumerate(rows, 1):
-        lines.append(f"{rank:>3}  {hit['product_id'][:16]:<16} {hit['label'][:11]:<11} {hit['score']:>6.3f}  "
-                     f"{hit['title'][:70]}")
+        lines.append(f"{rank:>3}  {_cell(hit['product_id'], id_width)} {_cell(hit['label'], 11)} "
+                     f"{hit['score']:>6.3f}  {_cell(hit['title'], 70).rstrip()}")
     return "\n".join(lines)
 
 

@@ -59,6 +59,17 @@ def _list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k
     return recall, float(result.ndcg[0])
 
 
+def _exact_missing(loaded, judged: dict, exact_gain: float, root, split: str) -> int:
+    """How many judged exact products the index lacks; an error when it holds none of them (an
+    index of another catalogue scored recall 0.0 without a word, #33)."""
+    indexed = {p.decode() for p in loaded.index.product_ids.numpy()}
+    exact = {p for _, labels in judged.values() for p, g in labels.items() if g == exact_gain}
+    if not exact & indexed:
+        raise SearchRequestError(f"{root}: the index holds none of the {len(exact)} exact products judged for "
+                                 f"split {split!r}; was it built from another catalogue?")
+    return len(exact - indexed)
+
+
 def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = DEFAULT_RERANK,
                     upper_bound: bool = True, k: int = DEFAULT_K) -> dict:
     """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc)."""
@@ -69,6 +80,7 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     if not judged:
         raise SearchRequestError(f"{catalogue.root}: no query of split {split!r} has a judged exact product")
     exact_gain = float(max(catalogue.label_set.gains))
+    missing = _exact_missing(loaded, judged, exact_gain, catalogue.root, split)
     wide = min(100, size)
     rows: dict[str, list[float]] = {key: [] for key in (
         "retrieval@10", "retrieval@100", "reranked@10", "reranked_ndcg", "upper@10", "upper_ndcg")}
@@ -90,7 +102,7 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     queries = len(judged)
     report = {
         "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "k": k,
-        "note": NOTE,
+        "note": NOTE, "exact_products_missing_from_index": missing,
         "retrieval": {f"recall@{k}": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
         "reranked": {f"recall@{k}": mean["reranked@10"], f"ndcg@{k}": mean["reranked_ndcg"],
                      "ms_per_query": 1000 * seconds["reranked"] / queries},

@@ -68,6 +68,12 @@ def test_evaluate_takes_k_and_refuses_bad_flags(tiny_index, tiny_catalogue, tmp_
     (empty / "examples.csv").write_text("query,product_id,label,split\nshoe,p1,irrelevant,test\n")
     code, _, err = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(empty)], capsys)
     assert code == 2 and "no query of split 'test' has a judged exact product" in err and "Traceback" not in err
+    other = tmp_path / "other_shop"  # its exact product is not in the index (#33: recall 0.0 without a word)
+    other.mkdir()
+    (other / "products.csv").write_text("product_id,title,image\nzz-not-indexed,Red shoe,\n")
+    (other / "examples.csv").write_text("query,product_id,label,split\nred shoe,zz-not-indexed,exact,test\n")
+    code, _, err = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(other)], capsys)
+    assert code == 2 and "the index holds none of the 1 exact products" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -201,3 +207,25 @@ def test_every_export_command_runs_the_cpp_check_by_default(tmp_path, monkeypatc
     assert seen[-1] is False
     assert inspect.signature(verify.verify_export).parameters["cpp"].default is True
     assert inspect.signature(run_demo).parameters["cpp"].default is True
+
+
+def test_result_table_prints_whole_ids_and_aligns_wide_characters():
+    """#33 item 6: ids were cut to 16 characters (two printed the same) and CJK / emoji titles
+    broke the columns."""
+    import unicodedata
+
+    from esr_tf.search.cli import _table
+
+    rows = [{"product_id": "shop-sku-0000000001", "label": "exact", "score": 0.9, "title": "赤い靴 🙂"},
+            {"product_id": "shop-sku-0000000002", "label": "substitute", "score": 0.5, "title": "x" * 100},
+            {"product_id": "靴-1", "label": "irrelevant", "score": 0.1, "title": "shoe"}]
+    lines = _table(rows).splitlines()
+    assert "shop-sku-0000000001" in lines[1] and "shop-sku-0000000002" in lines[2]
+
+    def columns(text: str) -> int:
+        return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+    pairs = zip(lines[1:], rows, strict=True)
+    score_ends = {columns(line[: line.index(f"{row['score']:.3f}") + 5]) for line, row in pairs}
+    assert len(score_ends) == 1, "the title column starts at the same place on every row"
+    assert columns(lines[2]) <= 120 and lines[2].endswith("…")
