@@ -1,6 +1,7 @@
 """`esr-tf ablate --seeds`: one run per mode and seed, mean ± sd, paired differences."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,7 @@ def test_cli_ablate_seeds_runs_each_mode_per_seed(tiny_catalogue, tmp_path, monk
         folder = out / run["fusion"] / f"seed_{run['seed']}"
         assert json.loads((folder / "config.json").read_text())["seed"] == run["seed"]
         assert "macro_f1_ci95" in json.loads((folder / "metrics.json").read_text())
+        assert 0 <= run["train_accuracy"] <= 1  # the last epoch's, next to test (#29)
     (concat,) = result["differences"]
     assert concat["fusion"] == "concat" and concat["versus"] == "text_only"
     assert len(concat["macro_f1"]["per_seed"]) == 2 and len(concat["ndcg@10"]["ci95"]) == 2
@@ -80,28 +82,45 @@ def test_cli_ablate_seeds_runs_each_mode_per_seed(tiny_catalogue, tmp_path, monk
         main(["ablate", "--seeds", "0,x"])
 
 
-@pytest.mark.slow
-def test_cli_ablate_on_several_catalogues_scores_valid(tiny_catalogue, tmp_path, monkeypatch, capsys):
+def test_cli_ablate_on_several_catalogues_scores_valid(tmp_path, monkeypatch, capsys):
     """#29 item 1: `--data A,B --split valid`: one ablation per catalogue, quality.json / .md with
-    cross-attention against concat, the training accuracy and the mean over catalogues."""
+    cross-attention against concat, the training accuracy and the mean over catalogues. The
+    per-catalogue `ablate` is faked here (its runs are the test above)."""
     from esr_tf.cli import main
-    from esr_tf.models.builder import TINY_MODEL
-    from esr_tf.training import ablate as module
+    from esr_tf.training import quality
 
-    config = tmp_path / "tiny.json"
-    config.write_text(json.dumps({"epochs": 1, "batch_size": 16, "model": TINY_MODEL}))
-    monkeypatch.setattr(module, "load_training_data", lambda config: tiny_catalogue)
+    calls = []
+
+    def fake_ablate(config, modes, *, seeds, split, overwrite, verbose):
+        calls.append((config.data, config.out_dir, modes, split))
+        rng = np.random.default_rng(len(calls))
+        q = np.repeat(np.arange(20), 4)
+        y = rng.choice(4, size=q.size)
+        runs, stats = [], {}
+        for mode, accuracy in zip(modes, (0.6, 0.8), strict=True):
+            report, stats[mode, 0] = _run(y, q, accuracy, rng)
+            runs.append({"fusion": mode, "seed": 0, "epochs": 1, "train_accuracy": accuracy, **report})
+        result = {**summarise(runs, stats, resamples=50), "runs": runs, "split": split}
+        Path(config.out_dir).mkdir(parents=True)
+        (Path(config.out_dir) / "ablation.json").write_text(json.dumps(result))
+        return result
+
+    monkeypatch.setattr(quality, "ablate", fake_ablate)
     out = tmp_path / "quality"
-    argv = ["ablate", "--config", str(config), "--out", str(out), "--data", "demo,shop_b/",
-            "--modes", "concat,cross_attention", "--split", "valid"]
+    argv = ["ablate", "--out", str(out), "--data", "demo,shop_b/", "--modes", "concat,cross_attention",
+            "--split", "valid"]
     assert main(argv) == 0
+    assert [(d, Path(o).name, m, s) for d, o, m, s in calls] == [
+        ("demo", "demo", ("concat", "cross_attention"), "valid"),
+        ("shop_b/", "shop_b", ("concat", "cross_attention"), "valid"),
+    ]
     result = json.loads((out / "quality.json").read_text())
     assert list(result["catalogues"]) == ["demo", "shop_b"] and result["split"] == "valid"
     for name, one in result["catalogues"].items():
         assert one["split"] == "valid" and (out / name / "ablation.json").is_file()
         (pair,) = one["differences"]
         assert (pair["fusion"], pair["versus"]) == ("cross_attention", "concat")
-        assert all(0 <= run["train_accuracy"] <= 1 for run in one["runs"])
+    assert result["mean_train_accuracy"] == {"concat": 0.6, "cross_attention": 0.8}
     assert set(result["mean_macro_f1"]) == {"concat", "cross_attention"}
     printed = capsys.readouterr().out
     assert "## Mean over catalogues" in printed and "valid split" in printed
