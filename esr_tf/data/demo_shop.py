@@ -4,7 +4,9 @@
 column), `images/` (a mix of .jpg and .png), plus two answer-key files the loader ignores:
 `demo_attributes.csv` (each product's true category, colour, material, audience, pattern,
 whether it has an image and whether its title names its colour) and `demo_queries.csv` (each
-query's intended category and colour). The same seed gives byte-identical files.
+query's intended category and colour); and `qrels.csv`, every query's complete judgments over
+the whole catalogue by the label rules below (E, S and C rows; unlisted products are
+irrelevant), for `esr-tf search --evaluate --judgments`. The same seed gives byte-identical files.
 
 Products: 11 categories, each drawable as a distinct silhouette, in 8 well separated colours,
 with brands, materials, audiences (apparel only) and patterns. Titles and descriptions come
@@ -185,24 +187,25 @@ def _query_text(cat: str, colour: str, rng: np.random.Generator) -> str:
     return text
 
 
+def _label(query: dict, category: str, colour: str) -> str:
+    """The module's label rule: what a product of `category` and `colour` is for `query`."""
+    if category == query["category"]:
+        return "E" if colour == query["colour"] else "S"
+    return "C" if category in CATEGORIES[query["category"]][4] else "I"
+
+
 def _judge(query: dict, by_kind: dict, rng: np.random.Generator) -> list[tuple[int, str]]:
     """Samples one query's candidates by the module's label rules: [(product index, label)].
 
     `by_kind` maps (category, colour) -> product indices.
     """
-    cat, colour = query["category"], query["colour"]
-    complements = CATEGORIES[cat][4]
     pools: dict[str, list[int]] = {k: [] for k in LABELS}
     same_colour_irrelevant = []
     for (c, col), indices in by_kind.items():
-        if c == cat:
-            pools["E" if col == colour else "S"] += indices
-        elif c in complements:
-            pools["C"] += indices
-        else:
-            pools["I"] += indices
-            if col == colour:
-                same_colour_irrelevant += indices
+        label = _label(query, c, col)
+        pools[label] += indices
+        if label == "I" and col == query["colour"]:
+            same_colour_irrelevant += indices
     share = {"E": rng.uniform(0.36, 0.44), "S": rng.uniform(0.255, 0.295),
              "C": rng.uniform(0.10, 0.14)}
     total = int(rng.integers(12, 31))
@@ -296,7 +299,8 @@ def _write_images(out: Path, products: list[dict], seed: int, image_size: int) -
 
 
 def _write_tables(out: Path, products: list[dict], examples: list[list], queries: list[dict]) -> None:
-    """products.csv and examples.csv, plus the answer keys demo_attributes.csv and demo_queries.csv."""
+    """products.csv and examples.csv, plus the answer keys demo_attributes.csv, demo_queries.csv and
+    qrels.csv."""
     _write_csv(out / "products.csv", ["product_id", "title", "description", "brand", "color",
                                       "image"],
                [[p["product_id"], p["title"], p["description"], p["brand"],
@@ -308,6 +312,9 @@ def _write_tables(out: Path, products: list[dict], examples: list[list], queries
                 "has_image", "colour_in_title"],
                [[p["product_id"], p["category"], p["colour"], p["material"], p["audience"],
                  p["pattern"], int(p["has_image"]), int(p["colour_in_title"])] for p in products])
+    _write_csv(out / "qrels.csv", ["query_id", "product_id", "label"],
+               [[q["query_id"], p["product_id"], label] for q in queries for p in products
+                if (label := _label(q, p["category"], p["colour"])) != "I"])
     _write_csv(out / "demo_queries.csv", ["query_id", "query", "category", "colour", "split",
                                           "typo"],
                [[q["query_id"], q["query"], q["category"], q["colour"], q["split"],

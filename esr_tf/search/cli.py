@@ -6,6 +6,7 @@ Example:
     esr-tf search --model serving_models/shop "red sneakers" --k 5
     esr-tf search --model serving_models/shop --similar p00042
     esr-tf search --model serving_models/shop --evaluate --data shop/ --split test --out search_eval
+    esr-tf search --model serving_models/shop --evaluate --data shop/ --judgments shop/qrels.csv
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ def _evaluate(args) -> int:
     catalogue = load_catalogue(args.data, missing_images=args.missing_images)
     report = evaluate_search(resolve_export(args.model), catalogue, split=args.split,
                              rerank=DEFAULT_RERANK if args.rerank is None else args.rerank,
-                             upper_bound=not args.no_upper_bound, k=DEFAULT_K if args.k is None else args.k)
+                             upper_bound=not args.no_upper_bound, k=DEFAULT_K if args.k is None else args.k,
+                             qrels=args.judgments)
     text = json.dumps(report, indent=2)
     if args.out:
         out = Path(args.out)
@@ -166,6 +168,9 @@ def add_search_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--evaluate", action="store_true", help="recall / nDCG over the whole catalogue (--data)")
     p.add_argument("--data", help="catalogue folder with judged queries (for --evaluate)")
+    p.add_argument("--judgments", metavar="QRELS",
+                   help="complete judgments (query_id,product_id,label; unlisted = irrelevant) for --evaluate, "
+                        "instead of the catalogue's judged pairs")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"))
     p.add_argument("--out", help="folder for search_metrics.json (with --evaluate)")
     p.add_argument("--no-upper-bound", action="store_true",

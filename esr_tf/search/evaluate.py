@@ -1,7 +1,7 @@
 """Search quality over a whole catalogue, measured on an index export's own signatures.
 
-For every query of a split with at least one judged exact product (products the catalogue did
-not judge for a query count as irrelevant, gain 0 — said in the report):
+For every query of a split with at least one exact product, judged by the catalogue's pairs or
+by a complete judgments file (`search.judgments`; the report says which kind):
 
 - retrieval recall@10 / @100: exact products among the first 10 / 100 by embedding alone
   (`search_top(q, k=K, rerank=K)` returns exactly retrieval's top K, re-ordered; sorting its
@@ -26,20 +26,10 @@ import tensorflow as tf
 
 from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
 from esr_tf.search.client import SearchRequestError
+from esr_tf.search.judgments import judgments
 from esr_tf.training.ranking import per_query_ranking
 
-NOTE = ("whole-catalogue search: products not judged for a query count as irrelevant (gain 0); "
-        "queries without a judged exact product are left out")
-
-
-def _judged(catalogue, split: str) -> dict[str, tuple[str, dict[str, float]]]:
-    """query id -> (query text, {product id: gain}) for queries with an exact product."""
-    gains = np.asarray(catalogue.label_set.gains, np.float64)
-    exact_gain = gains.max()
-    out: dict[str, tuple[str, dict[str, float]]] = {}
-    for e in catalogue.select(split):
-        out.setdefault(e.query_id, (e.query, {}))[1][e.product_id] = float(gains[e.label])
-    return {q: v for q, v in out.items() if exact_gain in v[1].values()}
+NOTE = "whole-catalogue search: queries without an exact product are left out"
 
 
 def _ranked(fn, query: str, k: int, rerank: int) -> dict[str, np.ndarray]:
@@ -71,14 +61,16 @@ def _exact_missing(loaded, judged: dict, exact_gain: float, root, split: str) ->
 
 
 def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", rerank: int = DEFAULT_RERANK,
-                    upper_bound: bool = True, k: int = DEFAULT_K) -> dict:
-    """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc)."""
+                    upper_bound: bool = True, k: int = DEFAULT_K, qrels: str | Path | None = None) -> dict:
+    """Recall and nDCG of the index at `export_dir` on `catalogue`'s `split` (see module doc);
+    `qrels`: a complete judgments file instead of the catalogue's judged pairs."""
     loaded = tf.saved_model.load(str(export_dir))
     fn = loaded.signatures["search_top"]
     size = int(loaded.index.product_ids.shape[0])
-    judged = _judged(catalogue, split)
+    judged, kind = judgments(catalogue, split, qrels)
     if not judged:
-        raise SearchRequestError(f"{catalogue.root}: no query of split {split!r} has a judged exact product")
+        raise SearchRequestError(f"{qrels or catalogue.root}: no query of split {split!r} has a judged exact "
+                                 "product")
     exact_gain = float(max(catalogue.label_set.gains))
     missing = _exact_missing(loaded, judged, exact_gain, catalogue.root, split)
     wide = min(100, size)
@@ -102,7 +94,7 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     queries = len(judged)
     report = {
         "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "k": k,
-        "note": NOTE, "exact_products_missing_from_index": missing,
+        "note": NOTE, "judgments": kind, "exact_products_missing_from_index": missing,
         "retrieval": {f"recall@{k}": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
         "reranked": {f"recall@{k}": mean["reranked@10"], f"ndcg@{k}": mean["reranked_ndcg"],
                      "ms_per_query": 1000 * seconds["reranked"] / queries},

@@ -126,7 +126,19 @@ def test_evaluate_over_the_whole_catalogue(tiny_index, tiny_catalogue, tmp_path,
     assert report["catalogue_products"] == len(tiny_catalogue.products)
     for part in ("retrieval", "reranked", "whole_catalogue_reranked"):
         assert all(v is None or 0 <= v <= 1 for k, v in report[part].items() if not k.startswith("ms"))
-    assert "count as irrelevant" in report["note"]
+    assert report["judgments"].startswith("judged pairs") and "count as irrelevant" in report["judgments"]
+    # #31: complete judgments (the demo shop's qrels.csv): every relevant product counts
+    qrels = tiny_catalogue.root / "qrels.csv"
+    code, out, _ = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root),
+                         "--judgments", str(qrels), "--no-upper-bound"], capsys)
+    complete = json.loads(out)
+    assert code == 0 and complete["judgments"].startswith(f"complete ({qrels})")
+    assert complete["queries"] == report["queries"]  # every judged test query has an exact product
+    bad = tmp_path / "bad_qrels.csv"
+    bad.write_text("query_id,product_id,label\nq00001,no-such-product,E\n")
+    code, _, err = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root),
+                         "--judgments", str(bad)], capsys)
+    assert code == 2 and "bad_qrels.csv, row 1, column 'product_id'" in err and "Traceback" not in err
 
 
 def test_index_flags_and_missing_retrieval_model(tiny_trained, tmp_path, capsys):

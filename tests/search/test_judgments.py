@@ -1,0 +1,65 @@
+"""Complete judgments (TREC-qrels style) for whole-catalogue search evaluation (#31)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from esr_tf.data import CatalogueError
+from esr_tf.search.judgments import judged_pairs, judgments, read_qrels
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_demo_shops_qrels_agree_with_its_judged_pairs_and_cover_more(tiny_catalogue):
+    root = tiny_catalogue.root
+    listed = {(r["query_id"], r["product_id"]): r["label"] for r in _rows(root / "qrels.csv")}
+    for row in _rows(root / "examples.csv"):  # unlisted = irrelevant
+        assert listed.get((row["query_id"], row["product_id"]), "I") == row["label"]
+    pairs = judged_pairs(tiny_catalogue, "test")
+    complete, kind = judgments(tiny_catalogue, "test", root / "qrels.csv")
+    assert kind.startswith("complete") and set(complete) == set(pairs)
+    for query_id, (text, gains) in pairs.items():
+        assert complete[query_id][0] == text
+        exact = {p for p, g in gains.items() if g == 1.0}
+        assert exact <= {p for p, g in complete[query_id][1].items() if g == 1.0}
+    assert sum(len(g) for _, g in complete.values()) > sum(len(g) for _, g in pairs.values())
+
+
+@pytest.mark.parametrize("text, where", [
+    ("query_id,product_id\nq1,p1\n", "missing column(s) 'label'"),
+    ("query_id,product_id,label\nnope,{pid},E\n", "row 1, column 'query_id'"),
+    ("query_id,product_id,label\n{qid},nope,E\n", "row 1, column 'product_id'"),
+    ("query_id,product_id,label\n{qid},{pid},perfect\n", "row 1, column 'label': unknown label 'perfect'"),
+    ("query_id,product_id,label\n{qid},{pid},E\n{qid},{pid},S\n", "row 2: ({qid}, {pid}) is listed twice"),
+])
+def test_bad_qrels_rows_are_named(tiny_catalogue, tmp_path, text, where):
+    example = tiny_catalogue.select("test")[0]
+    fill = {"qid": example.query_id, "pid": example.product_id}
+    path = tmp_path / "qrels.csv"
+    path.write_text(text.format(**fill))
+    with pytest.raises(CatalogueError, match="qrels.csv") as error:
+        read_qrels(path, tiny_catalogue, "test")
+    assert where.format(**fill) in str(error.value)
+
+
+def test_dev_variants_qrels_from_its_attributes(tmp_path):
+    """tools/qrels_dev_variants.py on the shared development set, when it is there."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    source = repo.parent / "shared" / "data" / "dev_variants"
+    if not (source / "attributes.csv").is_file():
+        pytest.skip(f"the shared dev_variants catalogue is not at {source}")
+    spec = importlib.util.spec_from_file_location("qrels_dev_variants", repo / "tools" / "qrels_dev_variants.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(str(source), str(tmp_path / "qrels.csv")) == 0  # it checks every judged pair
+    rows = _rows(tmp_path / "qrels.csv")
+    exact = {r["query_id"] for r in rows if r["label"] == "E"}
+    assert len(exact) == len(_rows(source / "queries.csv"))  # every query has its exact products
