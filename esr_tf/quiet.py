@@ -47,7 +47,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     """Imports TensorFlow without its start-up chatter (a no-op when verbose or imported)."""
     if wants_verbose(verbose) or "tensorflow" in sys.modules:
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # also quiets child processes (verify)
+    # 3: C++ ERROR lines too, once absl logging is up: libjpeg's "Premature end of JPEG data"
+    # beside the InvalidArgumentError a truncated photo raises anyway, the oneDNN DT_INT64
+    # notice on CPUs without AVX-512 (#33). Also quiets child processes (verify).
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:

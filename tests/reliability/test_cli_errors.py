@@ -165,6 +165,26 @@ def test_tensorflow_start_up_chatter_is_hidden_unless_asked(tmp_path):
     assert flag.returncode == 2 and flag.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
 
 
+@pytest.mark.slow
+def test_a_truncated_photo_is_refused_without_cpp_log_lines(tmp_path):
+    """#33: TF's C++ ERROR line ("jpeg_mem.cc] Premature end of JPEG data") came out beside the
+    InvalidArgumentError; quiet mode now hides C++ ERROR lines too (--verbose shows them)."""
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "full.jpg", quality=90)  # cut inside the pixel data
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    code = ("import sys; from esr_tf.quiet import quiet_tensorflow; quiet_tensorflow(); import tensorflow as tf\n"
+            "try: tf.io.decode_jpeg(tf.io.read_file(sys.argv[1]))\n"
+            "except tf.errors.InvalidArgumentError: print('refused')")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "ESR_TF_VERBOSE")}
+    child = subprocess.run([sys.executable, "-c", code, str(tmp_path / "cut.jpg")], capture_output=True,
+                           text=True, env=env, timeout=300)
+    assert child.stdout.strip() == "refused" and child.stderr.strip() == "", child.stderr
+
+
 def test_chatter_filter_keeps_real_messages():
     from esr_tf.quiet import fit_verbose, is_chatter
 
