@@ -9,7 +9,8 @@ bytes per pair and the examples per second of the feature pass and of training (
 runs with the outputs in RAM (`BackboneFeatures`: its peak RSS and whole-`fit` speed), and one
 more process trains the same head from both, rounds alternating, so that the store's speed per
 example is compared side by side, in steady state: at 10k pairs ~60 % of one epoch's `fit` is
-fixed cost, which swings the whole-`fit` ratio by ±0.2 between runs.
+fixed cost, which swings the whole-`fit` ratio by ±0.2 between runs. One more in-RAM run with
+`MANY_PHOTOS` distinct photos gives the in-RAM photo table's peak RSS per 1,000 photos.
 
 Results go to `<out>/scale.json` (`{"rows": [{"pairs", "peak_rss_gb", "store_bytes_per_pair",
 "feature_pass_ex_s", "train_ex_s"}, ...], ...}`) and `<out>/scale.md`, with the load average.
@@ -37,6 +38,9 @@ SIZES = {False: (10_000, 50_000, 200_000), True: (2_000, 10_000)}
 TARGETS = {"peak_rss_growth": "<= 1.10", "store_bytes_per_pair": "<= 16384",
            "store_vs_fixed_length_ram_train_ex_s": ">= 1.0", "store_vs_ram_train_ex_s": "~1.0 (same batching)"}
 PHOTOS = 24
+# The in-RAM photo table's memory: the smallest size again with this many distinct photos
+# ({quick: ...}); the peak RSS difference to the 24-photo run, per 1,000 photos.
+MANY_PHOTOS = {False: 2_000, True: 300}
 # The side-by-side speed comparison: rounds per source and steps per round ({quick: ...}); the
 # first steps of each round (a fresh iterator fills its shuffle buffer) are not timed.
 SPEED_ROUNDS = {False: (4, 200), True: (2, 30)}
@@ -55,18 +59,19 @@ def _photos(folder: Path, count: int, rng: np.random.Generator) -> list[str]:
     for i in range(count):
         base = rng.integers(0, 255, size=3)
         pixels = np.clip(base + rng.normal(0, 40, size=(96, 96, 3)), 0, 255).astype(np.uint8)
-        name = f"images/photo_{i:03d}.jpg"
+        name = f"images/photo_{i:04d}.jpg"
         Image.fromarray(pixels).save(folder / name, quality=85)
         names.append(name)
     return names
 
 
-def synthetic_catalogue(folder: str | Path, pairs: int, *, seed: int = 0, per_query: int = 10) -> Path:
+def synthetic_catalogue(folder: str | Path, pairs: int, *, seed: int = 0, per_query: int = 10,
+                        photos: int = PHOTOS) -> Path:
     """A catalogue folder with `pairs` judged pairs: `pairs / per_query` queries, one product
-    per pair (a title of 6-12 synthetic words, brand and colour), `PHOTOS` shared photos."""
+    per pair (a title of 6-12 synthetic words, brand and colour), `photos` shared photos."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    photos = _photos(folder, PHOTOS, rng)
+    photos = _photos(folder, photos, rng)
     words = np.array(_WORDS)
     with open(folder / "products.csv", "w", newline="") as p, open(folder / "examples.csv", "w", newline="") as e:
         products, examples = csv.writer(p), csv.writer(e)
@@ -156,10 +161,12 @@ def run_scale_bench(
     *,
     overrides: list[str] | None = None,
     sizes: tuple[int, ...] | None = None,
+    photo_memory: bool = True,
 ) -> dict:
     """Measures every size (`SIZES[quick]` unless `sizes`); writes `scale.json` and `scale.md`.
 
-    `overrides`: `--set` strings for the training runs, e.g. `["model.text=tiny"]`.
+    `overrides`: `--set` strings for the training runs, e.g. `["model.text=tiny"]`;
+    `photo_memory`: also the in-RAM run with `MANY_PHOTOS` photos (one more training process).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +186,8 @@ def run_scale_bench(
             speed = _measured(_speed_command(data, out / f"run_{pairs}_speed", store, overrides, quick),
                               out / f"run_{pairs}_speed.log")
             speed = {"pairs": pairs, **{k: v for k, v in speed.items() if k != "peak_rss_gb"}}
+            if photo_memory:
+                ram["rss_gb_per_1000_photos"] = _photo_memory(out, pairs, overrides, MANY_PHOTOS[quick], ram)
         loads.append(load_average())
     result = {
         "rows": rows,
@@ -199,6 +208,14 @@ def run_scale_bench(
     (out / "scale.json").write_text(json.dumps(result, indent=2))
     (out / "scale.md").write_text(_markdown(result))
     return result
+
+
+def _photo_memory(out: Path, pairs: int, overrides: list[str], photos: int, ram: dict) -> float:
+    """Peak RSS per 1,000 distinct photos of an in-RAM run (`BackboneFeatures`' photo table),
+    from the same run with `photos` instead of `PHOTOS` photos."""
+    data = synthetic_catalogue(out / f"scale_{pairs}_photos", pairs, photos=photos)
+    many = _measured(_child_command(data, out / f"run_{pairs}_photos", "", overrides), out / f"run_{pairs}_photos.log")
+    return (many["peak_rss_gb"] - ram["peak_rss_gb"]) / (photos - PHOTOS) * 1000
 
 
 def _measured(command: list[str], log: Path) -> dict:
@@ -224,7 +241,9 @@ def _markdown(result: dict) -> str:
                      f"{r['feature_pass_ex_s']:.0f} | {r['train_ex_s']:.0f} |")
     ram, speed = result["in_ram_reference"], result["side_by_side"]
     lines += ["", f"In RAM at {ram['pairs']:,} pairs: peak RSS {ram['peak_rss_gb']:.2f} GB, train "
-              f"{ram['train_ex_s']:.0f} ex/s (whole fit; store / RAM {result['whole_fit_store_vs_ram']:.2f}).",
+              f"{ram['train_ex_s']:.0f} ex/s (whole fit; store / RAM {result['whole_fit_store_vs_ram']:.2f})"
+              + (f"; {ram['rss_gb_per_1000_photos']:.2f} GB more per 1,000 distinct photos."
+                 if "rss_gb_per_1000_photos" in ram else "."),
               "", f"Side by side, {speed['steps_per_round']} steps a round, ex/s: "
               + "; ".join(f"{name.replace('_', ' ')} {', '.join(f'{v:.0f}' for v in speed[f'{name}_ex_s'])}"
                           for name in ("store", "ram", "fixed_length_ram"))

@@ -199,13 +199,37 @@ def tokenize_columns(preprocessor, columns: Mapping[str, np.ndarray], batch_size
     return {k: np.concatenate([np.asarray(b[k]) for b in batches]).astype(np.int32) for k in batches[0]}
 
 
+# Bytes: the alignment TF needs to wrap an array's memory in a tensor without copying it.
+TENSOR_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a `TENSOR_ALIGNMENT` boundary."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = np.empty(size + TENSOR_ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % TENSOR_ALIGNMENT
+    return buffer[start : start + size].view(dtype).reshape(shape)
+
+
+def is_aligned(array: np.ndarray) -> bool:
+    """Whether TF can use `array`'s memory as a tensor's (`aligned_empty`)."""
+    return array.flags.c_contiguous and array.ctypes.data % TENSOR_ALIGNMENT == 0
+
+
 def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0, *,
                        encoder: keras.Model | None = None) -> np.ndarray:
     """`image_encoder` (or `encoder`, e.g. a bfloat16 copy) feature maps `[U, h, w, C]` float32 of
     image files, in `paths` order; one zero row when there are none (text_only, or no photos),
-    for every example to point at."""
+    for every example to point at.
+
+    Written batch by batch into one `aligned_empty` table: `predict` would hold every batch's
+    output and their concatenation at once (twice the table), and the training datasets wrap the
+    aligned table without a copy of their own (`feature_cache.photo_table`)."""
+    encoder = encoder or model.image_encoder
+    table = aligned_empty((max(len(paths), 1), *encoder.output.shape[1:]))
     if not paths:
-        return np.zeros((1, *model.image_encoder.output.shape[1:]), np.float32)
+        table[...] = 0.0
+        return table
     decoder = model.preprocessor.image_decoder
     image_ds = (
         tf.data.Dataset.from_tensor_slices(np.array(paths))
@@ -215,4 +239,11 @@ def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 
     )
     if verbose:
         print(f"encoding {len(paths):,} photos (EfficientNet)", flush=True)
-    return (encoder or model.image_encoder).predict(image_ds, verbose=verbose).astype(np.float32)
+    progress = keras.utils.Progbar(len(paths), verbose=verbose)
+    start = 0
+    for images in image_ds:
+        maps = encoder.predict_on_batch(images)
+        table[start : start + len(maps)] = maps
+        start += len(maps)
+        progress.update(start)
+    return table

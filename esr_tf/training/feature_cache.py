@@ -30,16 +30,28 @@ from esr_tf.preprocessing.pipeline import AUTOTUNE
 from esr_tf.training.encoder_pass import (
     DIGEST_KEYS,
     FrozenEncoders,
+    aligned_empty,
     backbone_fingerprint,
     distinct_photos,
     encode_text_rows,
     examples_digest,
+    is_aligned,
     photo_feature_maps,
     tokenize_columns,
 )
 
 log = logging.getLogger("esr_tf.training")
 
+def photo_table(feature_maps: np.ndarray) -> tf.Tensor:
+    """`feature_maps` as a tensor for a dataset to gather from, sharing the array's memory.
+
+    A `tf.constant` per dataset would copy the table (1.1 GB for dev_colour's 4,534 photos)
+    into each of a run's train, valid and test datasets, and the copies outlive them until
+    garbage collection. `BackboneFeatures` keeps its table aligned (`aligned_empty`), so the
+    tensor wraps it (DLPack) and keeps it alive for as long as the dataset does."""
+    if not is_aligned(feature_maps) or feature_maps.dtype != np.float32:
+        raise ValueError("photo_table: the feature maps must be an aligned float32 array (aligned_empty)")
+    return tf.experimental.dlpack.from_dlpack(feature_maps.__dlpack__())
 
 
 def targets(labels, gains) -> dict:
@@ -151,6 +163,13 @@ class BackboneFeatures:
     photos: bool = True  # False: text_only features, `feature_maps` is one zero row
     examples: str = ""  # `examples_digest` of the columns they were computed from ("" unknown)
 
+    def __post_init__(self):
+        # Datasets wrap the table without copying it (`photo_table`): it must be aligned float32.
+        maps = self.feature_maps
+        if maps.dtype != np.float32 or not is_aligned(maps):
+            self.feature_maps = aligned_empty(maps.shape)
+            self.feature_maps[...] = maps
+
     @classmethod
     def compute(
         cls, model, columns: Mapping[str, np.ndarray], *, batch_size: int = 64, verbose: int = 0,
@@ -254,7 +273,7 @@ class BackboneFeatures:
             ds = ds.shuffle(len(self), seed=o.seed, reshuffle_each_iteration=True)
         if o.repeat:
             ds = ds.repeat()
-        table = tf.constant(self.feature_maps)
+        table = photo_table(self.feature_maps)
         full = self.text_mask.shape[1]
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns about the closure

@@ -16,6 +16,7 @@ from esr_tf.training.feature_cache import (
     XLA_LENGTH_MULTIPLE,
     BackboneFeatures,
     length_multiple_for,
+    photo_table,
     text_extent,
 )
 
@@ -265,3 +266,28 @@ def test_workers_read_their_own_shards_only_where_each_has_one(store):
         batch_size=8, shuffle=True, seed=3, workers=shards + 1).take(4)] for _ in range(2))
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_datasets_share_the_photo_table_instead_of_copying_it():
+    # #33: every dataset made its own tf.constant of the table (1.1 GB on dev_colour), and a
+    # run's train, valid and test datasets (and each epoch's valid one) held those copies at once.
+    raw = np.arange(2 * 2 * 2 * 3 + 1, dtype=np.float32)
+    unaligned = raw[1:] if raw.ctypes.data % 64 == 0 else raw[:-1]
+    unaligned = unaligned.reshape(2, 2, 2, 3)
+    n = 4
+    feats = BackboneFeatures(
+        sequence_output=np.zeros((n, 3, 2), np.float32), text_mask=np.ones((n, 3), np.int32),
+        token_ids=np.ones((n, 3), np.int32), segment_ids=np.zeros((n, 3), np.int32),
+        image_index=np.array([0, 1, 1, 0], np.int32), has_image=np.ones(n, np.float32),
+        feature_maps=unaligned, labels=np.zeros(n, np.int32),
+    )
+    assert not encoder_pass.is_aligned(unaligned) and encoder_pass.is_aligned(feats.feature_maps)
+    np.testing.assert_array_equal(feats.feature_maps, unaligned)
+    assert feats.take(slice(0, 2)).feature_maps is feats.feature_maps
+    table = photo_table(feats.feature_maps)
+    feats.feature_maps[1, 0, 0, 0] = -7.0  # the tensor reads the array's own memory
+    assert float(table[1, 0, 0, 0]) == -7.0
+    batch, *_ = next(iter(feats.dataset(batch_size=4, with_labels=False)))
+    np.testing.assert_array_equal(batch["feature_map"].numpy(), feats.feature_maps[[0, 1, 1, 0]])
+    with pytest.raises(ValueError, match="aligned float32"):
+        photo_table(unaligned)
