@@ -38,6 +38,7 @@ from esr_tf.export.versions import (  # noqa: F401  (next_version: re-exported)
     swap_in,
 )
 from esr_tf.models.attention_maps import has_attention, token_strings
+from esr_tf.preprocessing.pipeline import ANY_RANK_STRINGS, one_value_per_row
 from esr_tf.serving.requests import WARMUP_FILE_NAME, warmup_records, write_warmup_file
 
 REFERENCE_FILE = "esr_tf_reference.npz"
@@ -66,6 +67,8 @@ def _check_request(names: Sequence[str], *inputs: tf.Tensor) -> list[tf.Tensor]:
     """`inputs`, usable only once the request passed the `MAX_REQUEST_ROWS` check and every
     input has the first's row count (InvalidArgumentError naming them otherwise), so that no
     decoding starts before it."""
+    inputs = [x if x.shape.rank is not None else one_value_per_row(x, name) for name, x in zip(names, inputs,
+                                                                                                strict=True)]
     rows = [tf.shape(x)[0] for x in inputs]
     too_many = f"request refused: more than {MAX_REQUEST_ROWS} rows (MAX_REQUEST_ROWS); split it"
     checks = [tf.debugging.assert_less_equal(rows[0], MAX_REQUEST_ROWS, message=too_many)]
@@ -85,12 +88,13 @@ def _check_image_features(image_tokens: tf.Tensor, has_image: tf.Tensor) -> tf.T
     )
 
 
-_TEXT_SPEC = tf.TensorSpec([None], tf.string)
+_TEXT_SPEC = tf.TensorSpec(**ANY_RANK_STRINGS)
 
 
 def _text_specs(pre) -> list[tf.TensorSpec]:
-    """Named `[None]` string specs of `query` and the product fields (signature input names)."""
-    return [tf.TensorSpec([None], tf.string, name=k) for k in ("query", *pre.product_fields)]
+    """Named string specs of `query` and the product fields (signature input names): 1-D, checked
+    when a request runs (`one_value_per_row`)."""
+    return [tf.TensorSpec(**ANY_RANK_STRINGS, name=k) for k in ("query", *pre.product_fields)]
 
 
 def build_signatures(model) -> dict:
@@ -152,7 +156,7 @@ def _serving_default(pre, image_tokens, score) -> tf.types.experimental.Polymorp
     """`serving_default(query, <product fields>, image)`: the whole model on raw inputs."""
     fields = pre.product_fields
 
-    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
+    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec(**ANY_RANK_STRINGS, name="image")])
     def serving_default(query, *rest):
         query, *rest = _check_request(("query", *fields, "image"), query, *rest)
         tokens, has_image = image_tokens(rest[-1])
@@ -196,7 +200,7 @@ def _explain(model, image_tokens) -> tf.types.experimental.PolymorphicFunction:
     pre = model.preprocessor
     fields = pre.product_fields
 
-    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec([None], tf.string, name="image")])
+    @tf.function(input_signature=[*_text_specs(pre), tf.TensorSpec(**ANY_RANK_STRINGS, name="image")])
     def explain(query, *rest):
         query, *rest = _check_request(("query", *fields, "image"), query, *rest)
         tokens, has_image = image_tokens(rest[-1])

@@ -60,6 +60,25 @@ def require_equal_rows(columns: Mapping, keys: Sequence[str], who: str) -> None:
         raise ValueError(f"{who}: every input needs one value per row; got rows {rows}")
 
 
+# A signature's string input, declared without a rank: TF Serving does not check request shapes,
+# and with a declared `[None]` the graph folds any rank check to 1 at trace time, so a 2-D
+# `[["a"]]` would pass (#33). `one_value_per_row` checks the rank when the request runs.
+ANY_RANK_STRINGS = {"shape": None, "dtype": tf.string}
+
+
+def one_value_per_row(values: tf.Tensor, name: str) -> tf.Tensor:
+    """`values` as `[n]`, after an InvalidArgumentError naming `name` when they are not 1-D.
+
+    The reshape only gives the graph a static rank (it runs after the check); `tf.ensure_shape`
+    would fail first, with a message naming neither the rule nor the signature's input."""
+    if values.shape.rank is not None and values.shape.rank != 1:
+        raise ValueError(f"{name} must be 1-D (one value per row), got shape {values.shape}")
+    check = tf.debugging.Assert(tf.equal(tf.rank(values), 1),
+                                [f"{name} must be 1-D: one value per row; got shape", tf.shape(values)])
+    with tf.control_dependencies([check]):
+        return tf.reshape(values, [-1])
+
+
 def raw_dataset(
     columns: Mapping[str, np.ndarray],
     *,

@@ -33,13 +33,14 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
+from esr_tf.preprocessing.pipeline import ANY_RANK_STRINGS, one_value_per_row
 from esr_tf.search.catalogue import IndexArrays
 from esr_tf.search.towers import query_tower, sentence_embedding, trim_padding
 
 COMPLEMENT_POOL = 100
 MAX_SEARCH_ROWS = 64  # queries (or product ids) per request: each costs `rerank` model pairs
 
-_STRINGS = tf.TensorSpec([None], tf.string)
+_STRINGS = tf.TensorSpec(**ANY_RANK_STRINGS)  # 1-D, checked when a request runs
 _INT = tf.TensorSpec([], tf.int32)
 
 
@@ -108,6 +109,7 @@ class CatalogueSearch:
     # === Input checks (InvalidArgumentError naming the input, before any work starts) ===
 
     def _rows(self, values: tf.Tensor, what: str) -> tf.Tensor:
+        values = one_value_per_row(values, what)
         return _checked(values, tf.shape(values)[0] <= MAX_SEARCH_ROWS,
                         [f"request refused: more than {MAX_SEARCH_ROWS} {what} rows; split it"])
 

@@ -254,3 +254,16 @@ def test_inputs_of_different_row_counts_name_both(loaded):
             color=tf.constant([""] * 3), image_tokens=tf.constant(tokens), has_image=tf.constant([0.0, 0.0]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"one value per row: query has.*(title|brand) has"):
         serve(loaded, ["red"] * 2, ["Red mug"] * 3, [b""] * 2)
+
+
+@pytest.mark.parametrize("bad", [[["red"]], [["red", "blue"]], "red"])
+def test_a_query_that_is_not_1d_is_refused_naming_it(loaded, bad):
+    """#33 item 7: `serving_default` accepted a 2-D `query=[["a"]]` (TF Serving checks no shapes,
+    and a declared `[None]` folded the graph's own rank check away)."""
+    rows = np.asarray(bad).reshape(-1).shape[0]
+    fields = {k: tf.constant([""] * rows) for k in ("title", "brand", "color", "image")}
+    for name in ("serving_default", "explain"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="query must be 1-D: one value per row"):
+            loaded.signatures[name](query=tf.constant(bad), **fields)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image must be 1-D"):
+        loaded.signatures["embed_images"](image=tf.constant([[b""]]))

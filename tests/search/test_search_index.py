@@ -157,3 +157,11 @@ def test_an_empty_batch_gets_empty_outputs(loaded):
     for out in outputs:
         assert out["product_ids"].shape[0] == 0 and out["probabilities"].shape[0] == 0
         assert out["probabilities"].shape[-1] == 4
+
+
+def test_a_query_that_is_not_1d_is_refused_naming_it(loaded):
+    """#33 item 7: the search signatures took a 2-D query as well (TF Serving checks no shapes)."""
+    with pytest.raises(tf.errors.InvalidArgumentError, match="query must be 1-D: one value per row"):
+        loaded.signatures["search"](query=tf.constant([["red mug"]]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="product_id must be 1-D"):
+        loaded.signatures["similar_products"](product_id=tf.constant([["p1"]]))
