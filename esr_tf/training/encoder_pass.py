@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import keras
@@ -216,6 +217,18 @@ def is_aligned(array: np.ndarray) -> bool:
     return array.flags.c_contiguous and array.ctypes.data % TENSOR_ALIGNMENT == 0
 
 
+# One traced function per image encoder (weakly keyed): `predict_on_batch` retraced within a pass
+# ("5 out of the last 80 calls ... triggered tf.function retracing") and again on every pass.
+_PHOTO_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _photo_function(encoder: keras.Model) -> Callable:
+    if encoder not in _PHOTO_FUNCTIONS:
+        held = weakref.ref(encoder)  # a batch-size-agnostic trace after the first short batch
+        _PHOTO_FUNCTIONS[encoder] = tf.function(lambda x: held()(x, training=False), reduce_retracing=True)
+    return _PHOTO_FUNCTIONS[encoder]
+
+
 def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 0, *,
                        encoder: keras.Model | None = None) -> np.ndarray:
     """`image_encoder` (or `encoder`, e.g. a bfloat16 copy) feature maps `[U, h, w, C]` float32 of
@@ -240,9 +253,9 @@ def photo_feature_maps(model, paths: list[str], batch_size: int, verbose: int = 
     if verbose:
         print(f"encoding {len(paths):,} photos (EfficientNet)", flush=True)
     progress = keras.utils.Progbar(len(paths), verbose=verbose)
-    start = 0
+    encode, start = _photo_function(encoder), 0
     for images in image_ds:
-        maps = encoder.predict_on_batch(images)
+        maps = encode(images).numpy()
         table[start : start + len(maps)] = maps
         start += len(maps)
         progress.update(start)

@@ -169,3 +169,17 @@ def test_feature_pass_shows_progress(tiny_trained, tiny_catalogue, capsys):
     assert f"{len(columns['label'])}/{len(columns['label'])}" in out  # the text pass, one line
     BackboneFeatures.compute(tiny_trained.model, columns, verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_the_photo_pass_traces_its_encoder_once_per_model(tiny_trained, tiny_catalogue):
+    """Keras' `predict_on_batch` per batch retraced ("5 out of the last 80 calls ... triggered
+    tf.function retracing" on dev_colour); one weakly cached function serves every pass."""
+    from esr_tf.training import encoder_pass
+
+    model = tiny_trained.model
+    paths = encoder_pass.distinct_photos(tiny_catalogue.columns())
+    first = encoder_pass.photo_feature_maps(model, paths, batch_size=8)
+    again = encoder_pass.photo_feature_maps(model, paths[:3], batch_size=8)
+    np.testing.assert_array_equal(first[:3], again)
+    traced = encoder_pass._PHOTO_FUNCTIONS[model.image_encoder]
+    assert traced.experimental_get_tracing_count() <= 2  # a full batch, then any size
