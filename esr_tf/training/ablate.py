@@ -77,8 +77,8 @@ def ablate(
             )
             offered = text_features if mode == "text_only" else shared
             result = train(run, catalogue=catalogue, features=offered or None, verbose=verbose, overwrite=overwrite)
-            if mode == "text_only":
-                text_features = result.features
+            if mode == "text_only":  # kept only for a later seed's text_only run
+                text_features = result.features if seed != seeds[-1] else {}
             else:
                 shared = result.features
             report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
@@ -93,6 +93,7 @@ def ablate(
                     **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
                 }
             )
+            del result  # its model and features: RAM for the next mode's (#33, 5.1 GB peak on dev_colour)
     result = {**summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed), "split": split}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(markdown_table(result) + "\n")
