@@ -6,8 +6,9 @@ image with `has_image = 0`). Only TF ops are used, so the same code runs inside 
 
 Hostile input is refused before any pixel buffer is allocated: the width and height declared in
 the file header are read with string ops and checked against `max_pixels` / `max_side`, and BMP /
-WebP variants TF misreads are refused (`image_limits`, the catalogue's rules too). Bytes that are
-not an image give `InvalidArgumentError` from the decoder. Any aspect ratio within the limits
+WebP variants TF misreads are refused (`image_limits`, the catalogue's rules too), and so is a
+JPEG cut short (`jpeg_is_whole`). Bytes that are not an image give `InvalidArgumentError` from
+the decoder. Any aspect ratio within the limits
 works (a 1x8192 banner becomes a 1-px line, padded).
 
 Example:
@@ -39,6 +40,38 @@ def _uint(data: tf.Tensor, offset: int, length: int, little_endian: bool) -> tf.
     return tf.reduce_sum(raw[:length] * weights)
 
 
+def jpeg_is_whole(data: tf.Tensor) -> tf.Tensor:
+    """Whether a JPEG's marker segments run whole to its start of scan, and an end-of-image
+    marker follows (in scan data a 0xFF byte is always stuffed, so 0xFFD9 is that marker).
+
+    Given a JPEG cut short, libjpeg writes "Improper call to JPEG library" or "Input file read
+    error" to stderr itself, past TF's logging, before the decoder fails (#33); TF's decoder refuses
+    a JPEG without its end-of-image marker anyway, so this refuses the same files first. Bytes that
+    leave the marker layout give True: the decoder judges them.
+    """
+    size = tf.cast(tf.strings.length(data), tf.int64)
+    padded = data + tf.constant(b"\0" * 4)
+    walking, scan, other, cut = 0, 1, 2, 3
+
+    def step(offset, state):
+        at = tf.minimum(offset, size)  # a segment may claim more bytes than there are
+        first, marker = _uint(padded, at, 1, False), _uint(padded, at + 1, 1, False)
+        end = offset + 2 + _uint(padded, at + 2, 2, False)
+        fill = tf.logical_and(tf.equal(first, 0xFF), tf.equal(marker, 0xFF))
+        standalone = tf.logical_or(tf.equal(marker, 0x01), tf.logical_and(marker >= 0xD0, marker <= 0xD7))
+        state = tf.where(offset + 4 > size, cut, tf.where(
+            tf.not_equal(first, 0xFF) | standalone, other, tf.where(fill, walking, tf.where(
+                tf.equal(marker, 0xDA), scan, tf.where(end - offset < 4, other, walking)))))
+        state = tf.cast(state, tf.int64)
+        return tf.where(fill | tf.not_equal(state, walking), offset + tf.cast(fill, tf.int64), end), state
+
+    start = (tf.constant(2, tf.int64), tf.constant(walking, tf.int64))
+    offset, state = tf.while_loop(lambda _, s: tf.equal(s, walking), step, start)
+    after = tf.strings.substr(data, tf.minimum(offset + 2, size), size)  # the scans, past the SOS marker
+    ends = tf.size(tf.strings.split(after, sep=b"\xff\xd9")) > 1
+    return tf.logical_or(tf.equal(state, other), tf.logical_and(tf.equal(state, scan), ends))
+
+
 def declared_size(data: tf.Tensor) -> tf.Tensor:
     """Returns `[height, width]` (int64) as declared in an encoded image's header.
 
@@ -63,7 +96,11 @@ def declared_size(data: tf.Tensor) -> tf.Tensor:
         return tf.stack([height, width])
 
     def jpeg():  # Reads the SOF marker only; never decodes the scan.
-        return tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)
+        whole = tf.debugging.Assert(
+            jpeg_is_whole(data), ["image refused: JPEG cut short (no end-of-image marker after its headers)"]
+        )
+        with tf.control_dependencies([whole]):
+            return tf.cast(tf.io.extract_jpeg_shape(data)[:2], tf.int64)
 
     def webp():
         chunk = tf.strings.substr(padded, 12, 4)

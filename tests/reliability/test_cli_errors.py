@@ -185,6 +185,35 @@ def test_a_truncated_photo_is_refused_without_cpp_log_lines(tmp_path):
     assert child.stdout.strip() == "refused" and child.stderr.strip() == "", child.stderr
 
 
+def test_a_jpeg_cut_short_is_refused_before_libjpeg_prints(tmp_path):
+    """#33: a JPEG cut inside its headers, or a progressive one cut inside its scans, made libjpeg
+    write "Improper call to JPEG library in state 20x" / "Input file read error" to stderr itself
+    (past TF's logging) before any signature's InvalidArgumentError; the decoder refuses them first."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 48, 3), dtype=np.uint8)
+    whole, progressive = io.BytesIO(), io.BytesIO()
+    Image.fromarray(noise).save(whole, "JPEG")
+    Image.fromarray(noise).save(progressive, "JPEG", progressive=True)
+    data, scans = whole.getvalue(), progressive.getvalue()
+    sos = data.find(b"\xff\xda")
+    cuts = [data[:20], data[: sos - 10], data[: sos + 2], data[:-2], scans[:-300]]
+    for i, cut in enumerate([*cuts, data, scans + b"trailing bytes"]):
+        (tmp_path / f"{i}.jpg").write_bytes(cut)
+    code = ("import sys; from esr_tf.quiet import quiet_tensorflow; quiet_tensorflow(); import tensorflow as tf\n"
+            "from esr_tf.preprocessing.image_decoder import ImageDecoder\n"
+            "for path in sys.argv[1:]:\n"
+            "    try: print(int(ImageDecoder(32)(tf.io.read_file(path)[None])[1][0]))\n"
+            "    except tf.errors.InvalidArgumentError as e: print('cut short' in e.message)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "ESR_TF_VERBOSE")}
+    paths = [str(tmp_path / f"{i}.jpg") for i in range(len(cuts) + 2)]
+    child = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, env=env, timeout=300)
+    assert child.stdout.split() == ["True"] * len(cuts) + ["1", "1"] and child.stderr.strip() == "", child.stderr
+
+
 def test_chatter_filter_keeps_real_messages():
     from esr_tf.quiet import fit_verbose, is_chatter
 
