@@ -10,6 +10,46 @@ import pytest
 
 from esr_tf.models.builder import TINY_MODEL  # noqa: F401  (re-exported for test modules)
 
+# The heaviest test files first (seconds from `pytest --durations=60` on 2 cores): each xdist
+# worker takes whole files, so a heavy file started last would leave the other worker idle.
+HEAVY_FIRST = (
+    "tests/training/test_distribute.py",  # ~500 s: multi-worker runs in subprocesses
+    "tests/search/test_search_cli.py",  # ~420 s with the next one (one `tiny_index`)
+    "tests/search/test_search_index.py",
+    "tests/reliability/test_training_faults.py",  # ~210 s
+    "tests/notebooks/test_notebooks.py",  # ~200 s
+    "tests/models/test_presets_and_legacy.py",
+    "tests/bench/test_bench_smoke.py",
+    "tests/training/test_trainer.py",
+    "tests/reliability/test_serving_inputs.py",
+    "tests/bench/test_scale_bench.py",
+    "tests/preprocessing/test_product_text.py",
+    "tests/reliability/test_cli_errors.py",
+)
+# Files that share an expensive session fixture run on one worker, so it is built once.
+SAME_WORKER = {"tests/search/test_search_cli.py": "tiny_index", "tests/search/test_search_index.py": "tiny_index"}
+
+
+def pytest_collection_modifyitems(items):
+    """Heaviest files first (`HEAVY_FIRST`); the rest, and each file's tests, keep their order."""
+    rank = {path: i for i, path in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """One file per worker (`--dist loadfile`), but the files of `SAME_WORKER` as one unit."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return SAME_WORKER.get(path, path)
+
+    return SharedFixtureScheduling(config, log)
+
 
 @pytest.fixture(scope="session")
 def tiny_catalogue(tmp_path_factory):
