@@ -33,6 +33,7 @@ from esr_tf.training.trainer import load_training_data, train
 
 ABLATION_MODES = ("text_only", "image_only", "concat", "cross_attention")
 SINGLE_MODALITIES = ("text_only", "image_only")
+QUERY_ONLY_MODES = ("image_only",)  # their text features are the query's alone
 # Compared besides the best single modality: the fusion must never be worse than its concat path (#29).
 EXTRA_PAIRS = (("cross_attention", "concat"),)
 TRAIN_ACCURACY = "probabilities_accuracy"  # the last epoch's, from keras' history
@@ -79,8 +80,8 @@ def ablate(
             result = train(run, catalogue=catalogue, features=offered or None, verbose=verbose, overwrite=overwrite)
             if mode == "text_only":  # kept only for a later seed's text_only run
                 text_features = result.features if seed != seeds[-1] else {}
-            else:
-                shared = result.features
+            else:  # image_only's BERT read the query alone: no other mode can use its features
+                shared = {} if mode in QUERY_ONLY_MODES else result.features
             report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
             runs.append(
                 {

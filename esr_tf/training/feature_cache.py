@@ -42,16 +42,20 @@ from esr_tf.training.encoder_pass import (
 
 log = logging.getLogger("esr_tf.training")
 
-def photo_table(feature_maps: np.ndarray) -> tf.Tensor:
-    """`feature_maps` as a tensor for a dataset to gather from, sharing the array's memory.
+def shared_tensor(array: np.ndarray) -> tf.Tensor:
+    """`array` as a tensor for a dataset to gather from, sharing the array's memory.
 
-    A `tf.constant` per dataset would copy the table (1.1 GB for dev_colour's 4,534 photos)
-    into each of a run's train, valid and test datasets, and the copies outlive them until
-    garbage collection. `BackboneFeatures` keeps its table aligned (`aligned_empty`), so the
-    tensor wraps it (DLPack) and keeps it alive for as long as the dataset does."""
-    if not is_aligned(feature_maps) or feature_maps.dtype != np.float32:
-        raise ValueError("photo_table: the feature maps must be an aligned float32 array (aligned_empty)")
-    return tf.experimental.dlpack.from_dlpack(feature_maps.__dlpack__())
+    `from_tensor_slices` or a `tf.constant` would copy it (the photo table, 1.1 GB for dev_colour's
+    4,534 photos, or BERT's outputs) into each of a run's train, valid and test datasets, and the
+    copies outlive them until garbage collection. `BackboneFeatures` keeps its large arrays
+    aligned (`aligned_empty`), so the tensor wraps them (DLPack) and keeps them alive for as long
+    as the dataset does."""
+    if not is_aligned(array) or array.dtype != np.float32:
+        raise ValueError("shared_tensor: the array must be an aligned float32 array (aligned_empty)")
+    return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
+
+
+photo_table = shared_tensor  # the name the feature-store tests and benchmarks know it by
 
 
 def targets(labels, gains) -> dict:
@@ -147,6 +151,14 @@ class FeatureSource(Protocol):
     def dataset(self, **options) -> tf.data.Dataset: ...
 
 
+# The arrays a dataset reads in place: BERT's outputs per example, the feature maps per photo.
+SHARED_ARRAYS = ("sequence_output", "feature_maps")
+# tf.data's default graph rewrites serialise the dataset, copying every array a `shared_tensor`
+# wraps (measured: +0.5 GB at the first batch for a 0.5 GB table; none without them).
+IN_PLACE = tf.data.Options()
+IN_PLACE.experimental_optimization.apply_default_optimizations = False
+
+
 @dataclass
 class BackboneFeatures:
     """Per-example BERT outputs plus a table of per-photo feature maps."""
@@ -164,11 +176,12 @@ class BackboneFeatures:
     examples: str = ""  # `examples_digest` of the columns they were computed from ("" unknown)
 
     def __post_init__(self):
-        # Datasets wrap the table without copying it (`photo_table`): it must be aligned float32.
-        maps = self.feature_maps
-        if maps.dtype != np.float32 or not is_aligned(maps):
-            self.feature_maps = aligned_empty(maps.shape)
-            self.feature_maps[...] = maps
+        # Datasets wrap the two large arrays without copying them (`shared_tensor`).
+        for name in SHARED_ARRAYS:
+            array = getattr(self, name)
+            if array.dtype != np.float32 or not is_aligned(array):
+                setattr(self, name, aligned_empty(array.shape))
+                getattr(self, name)[...] = array
 
     @classmethod
     def compute(
@@ -254,33 +267,34 @@ class BackboneFeatures:
     def dataset(self, **options) -> tf.data.Dataset:
         """Batches of `head_model()` inputs with `targets_and_weights`; `options` are `Batching`'s
         fields, as `FeatureStore.dataset` takes them. `workers` changes nothing here: every worker
-        holds all rows in one seeded order and keeps its share."""
+        holds all rows in one seeded order and keeps its share.
+
+        The dataset shuffles and batches example numbers and gathers each batch from the arrays
+        (`shared_tensor`): slicing the arrays into elements copied BERT's outputs twice per
+        dataset and once more into the shuffle buffer (#33). The order is the same."""
         o = Batching(**options)
-        x = {
-            "sequence_output": self.sequence_output,
-            "text_mask": self.text_mask,
-            "token_ids": self.token_ids,
-            "segment_ids": self.segment_ids,
-            "image_index": self.image_index,
-            "has_image": self.has_image,
-        }
-        parts: tuple = (x,)
+        x = {k: tf.constant(getattr(self, k)) for k in ("text_mask", "token_ids", "segment_ids", "image_index",
+                                                         "has_image")}
+        x["sequence_output"] = shared_tensor(self.sequence_output)
+        parts: tuple = ()
         if o.with_labels:
             w = None if o.class_weights is None else np.asarray(o.class_weights, np.float32)[self.labels]
-            parts += targets_and_weights(self.labels, o.gains, w)
-        ds = tf.data.Dataset.from_tensor_slices(parts)
+            parts = tf.nest.map_structure(tf.constant, targets_and_weights(self.labels, o.gains, w))
+        ds = tf.data.Dataset.range(len(self))
         if o.shuffle:
             ds = ds.shuffle(len(self), seed=o.seed, reshuffle_each_iteration=True)
         if o.repeat:
             ds = ds.repeat()
-        table = photo_table(self.feature_maps)
+        table = shared_tensor(self.feature_maps)
         full = self.text_mask.shape[1]
 
         @tf.autograph.experimental.do_not_convert  # plain TF ops; AutoGraph only warns about the closure
-        def gather(x, *rest):
-            x = cut_text(dict(x), full, o.length_multiple)
-            x["feature_map"] = tf.gather(table, x.pop("image_index"))
-            return (x, *rest)
+        def gather(rows):
+            batch = {k: tf.gather(v, rows) for k, v in x.items()}
+            batch = cut_text(batch, full, o.length_multiple)
+            batch["feature_map"] = tf.gather(table, batch.pop("image_index"))
+            return (batch, *tf.nest.map_structure(lambda v: tf.gather(v, rows), parts))
 
         ds = ds.batch(o.batch_size, drop_remainder=o.drop_remainder)
-        return ds.map(gather, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        ds = ds.map(gather, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        return ds.with_options(IN_PLACE)

@@ -291,3 +291,54 @@ def test_datasets_share_the_photo_table_instead_of_copying_it():
     np.testing.assert_array_equal(batch["feature_map"].numpy(), feats.feature_maps[[0, 1, 1, 0]])
     with pytest.raises(ValueError, match="aligned float32"):
         photo_table(unaligned)
+
+
+def test_datasets_gather_bert_outputs_in_place_in_the_order_slicing_gave():
+    # #33: `from_tensor_slices` copied BERT's outputs twice per dataset and once more into the
+    # shuffle buffer (~1.5 GB on dev_colour); batches are now gathered by example number.
+    rng = np.random.default_rng(0)
+    n, length = 11, 4
+    feats = BackboneFeatures(
+        sequence_output=rng.normal(size=(n, length, 2)).astype(np.float32), text_mask=np.ones((n, length), np.int32),
+        token_ids=rng.integers(1, 99, (n, length)).astype(np.int32), segment_ids=np.zeros((n, length), np.int32),
+        image_index=rng.integers(0, 3, n).astype(np.int32), has_image=np.ones(n, np.float32),
+        feature_maps=rng.normal(size=(3, 1, 1, 2)).astype(np.float32), labels=rng.integers(0, 4, n).astype(np.int32),
+    )
+    assert encoder_pass.is_aligned(feats.sequence_output)
+    assert feats.take(slice(2, 6)).sequence_output.base is not None, "a slice is a view, not a copy"
+    weights = np.array([1.0, 2.0, 3.0, 4.0], np.float32)
+    got = list(feats.dataset(batch_size=4, shuffle=True, seed=5, class_weights=weights))
+    # what slicing the arrays into elements gave, in the same seeded order
+    order = np.concatenate([b.numpy() for b in tf.data.Dataset.range(n).shuffle(n, seed=5).batch(4)])
+    rows = np.concatenate([x["token_ids"].numpy()[:, 0] for x, *_ in got])
+    np.testing.assert_array_equal(rows, feats.token_ids[order, 0])
+    x, y, w = got[0]
+    first = order[: len(x["token_ids"])]
+    np.testing.assert_array_equal(x["sequence_output"].numpy(), feats.sequence_output[first])
+    np.testing.assert_array_equal(x["feature_map"].numpy(), feats.feature_maps[feats.image_index[first]])
+    np.testing.assert_array_equal(y["probabilities"].numpy(), feats.labels[first])
+    np.testing.assert_array_equal(w["score"].numpy(), weights[feats.labels[first]])
+    feats.sequence_output[first[0], 0, 0] = 99.0  # the dataset reads the array's own memory
+    again, *_ = next(iter(feats.dataset(batch_size=n)))
+    assert float(again["sequence_output"][first[0], 0, 0]) == 99.0
+
+
+def test_iterating_a_dataset_does_not_copy_the_photo_table():
+    # #33: tf.data's default rewrites serialised the dataset, copying the DLPack-wrapped table
+    # (1.1 GB on dev_colour) at the first batch of every dataset.
+    rows = 256  # 64 MB of maps: a copy would show in the RSS
+    feats = BackboneFeatures(
+        sequence_output=np.zeros((rows, 2, 2), np.float32), text_mask=np.ones((rows, 2), np.int32),
+        token_ids=np.ones((rows, 2), np.int32), segment_ids=np.zeros((rows, 2), np.int32),
+        image_index=np.arange(rows, dtype=np.int32), has_image=np.ones(rows, np.float32),
+        feature_maps=np.ones((rows, 7, 7, 1280), np.float32), labels=np.zeros(rows, np.int32),
+    )
+    table_mb = feats.feature_maps.nbytes / 1e6
+
+    def rss_mb() -> float:
+        return int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1e3
+
+    before = rss_mb()
+    for _ in feats.dataset(batch_size=1, shuffle=True).take(2):
+        pass
+    assert rss_mb() - before < table_mb / 2, f"RSS grew {rss_mb() - before:.0f} MB for a {table_mb:.0f} MB table"
