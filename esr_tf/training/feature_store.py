@@ -173,6 +173,10 @@ class FeatureStore:
             return (x, *targets_and_weights(labels, o.gains, None if weights is None else tf.gather(weights, labels)))
 
         ds = ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+        if not o.repeat and o.workers == 1:  # Keras then stops at the end instead of warning "ran out of data"
+            examples = len(self.splits[split])
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                examples // o.batch_size if o.drop_remainder else -(-examples // o.batch_size)))
         if o.workers > 1:
             sharding = tf.data.Options()
             policy = tf.data.experimental.AutoShardPolicy

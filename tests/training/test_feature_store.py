@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import keras
@@ -211,7 +212,9 @@ def test_train_streams_from_the_store_and_reuses_it(tiny_catalogue, tmp_path, mo
 
     config = parse_config({"epochs": 1, "batch_size": 16, "out_dir": str(tmp_path / "run"), "model": TINY_MODEL,
                            "feature_store": str(tmp_path / "features"), "retrieval": {"epochs": 0}})
-    result = train(config, catalogue=tiny_catalogue, verbose=0)
+    with warnings.catch_warnings():  # validation read the store to its end: Keras warned each run
+        warnings.filterwarnings("error", message="Your input ran out of data")
+        result = train(config, catalogue=tiny_catalogue, verbose=0)
     assert result.epochs_run == 1 and isinstance(result.features["test"], fs.StoreSplit)
     monkeypatch.setattr(store_writer, "encode_text_rows", lambda *a, **k: pytest.fail("the rerun recomputed features"))
     # another run with the same (seeded, random-init) encoders: a concat head on the same store
