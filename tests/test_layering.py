@@ -35,7 +35,7 @@ LAYERS = {
 # their fit run inside `train` (training), the index graph, its export and clients next to the
 # other exports, its benchmark with the benchmarks and its commands with the CLI.
 SEARCH_LAYERS = {"towers": 4, "embeddings": 4, "fit": 4, "catalogue": 5, "graph": 5, "index": 5, "evaluate": 5,
-                 "judgments": 5, "requests": 5, "client": 5, "bench": 6, "cli": 7}
+                 "blend": 5, "judgments": 5, "requests": 5, "client": 5, "bench": 6, "cli": 7}
 
 
 MAX_FILE_LINES = 400

@@ -38,13 +38,15 @@ def _load_models(args):
 
 def cmd_index(args) -> int:
     from esr_tf.data import load_catalogue, load_products, read_product_ids
+    from esr_tf.search.blend import describe
     from esr_tf.search.index import export_search_index, update_search_index
 
     updating = args.add or args.remove
     if bool(updating) == bool(args.data):
         raise UsageError("pass --data CATALOGUE (a new index) or --add / --remove (the next version)")
-    if updating and (args.version is not None or args.overwrite):
-        raise UsageError("--add / --remove write the next version; --version / --overwrite are for --data")
+    if updating and (args.version is not None or args.overwrite or args.judgments):
+        raise UsageError("--add / --remove write the next version; --version / --overwrite / --judgments are "
+                         "for --data")
     model, towers = _load_models(args)
     if updating:
         add = list(load_products(args.add, missing_images=args.missing_images).values()) if args.add else []
@@ -54,11 +56,14 @@ def cmd_index(args) -> int:
         path = update_search_index(model, towers, args.base, args.name, add=add, remove=remove,
                                    source=str(args.add or args.remove))
     else:
-        products = load_catalogue(args.data, missing_images=args.missing_images, label_set=model.label_set).products
-        path = export_search_index(model, towers, list(products.values()), args.base, model_name=args.name,
-                                   version=args.version, overwrite=args.overwrite, source=str(args.data))
+        catalogue = load_catalogue(args.data, missing_images=args.missing_images, label_set=model.label_set)
+        path = export_search_index(model, towers, list(catalogue.products.values()), args.base, model_name=args.name,
+                                   version=args.version, overwrite=args.overwrite, source=str(args.data),
+                                   choose_on=catalogue, qrels=args.judgments)
     info = json.loads((path / "assets.extra" / "esr_tf_index.json").read_text())
     print(f"indexed {info['products']} products ({info['photos']} photos) in {path}")
+    if "rerank" in info:
+        print(describe(info["rerank"]))
     if args.no_verify:
         return 0
     from esr_tf.export.verify import verify_and_print
@@ -154,6 +159,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--version", type=int, help="version number (default: next free; not with --add)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
+    p.add_argument("--judgments", metavar="QRELS", help="complete judgments (query_id,product_id,label) for the "
+                   "valid queries that choose how search blends the model's score with retrieval's (with --data)")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--no-cpp", action="store_true")
     p.set_defaults(func=cmd_index)

@@ -37,7 +37,7 @@ def _ranked(fn, query: str, k: int, rerank: int) -> dict[str, np.ndarray]:
     return {key: value.numpy()[0] for key, value in out.items()}
 
 
-def _list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k: int) -> tuple[float, float]:
+def list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k: int) -> tuple[float, float]:
     """(recall@k of exact products, nDCG@k) of one ranked list of product ids."""
     exact = {p for p, g in judged.items() if g == exact_gain}
     top = ids[:k]
@@ -81,13 +81,13 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
         wide_out = _ranked(fn, query, wide, wide)
         by_retrieval = [p.decode() for p in wide_out["product_ids"][np.argsort(-wide_out["retrieval_scores"],
                                                                                kind="stable")]]
-        rows["retrieval@10"].append(_list_metrics(by_retrieval, labels, exact_gain, min(k, wide))[0])
-        rows["retrieval@100"].append(_list_metrics(by_retrieval, labels, exact_gain, wide)[0])
+        rows["retrieval@10"].append(list_metrics(by_retrieval, labels, exact_gain, min(k, wide))[0])
+        rows["retrieval@100"].append(list_metrics(by_retrieval, labels, exact_gain, wide)[0])
         for name, n in (("reranked", rerank), ("upper", size)) if upper_bound else (("reranked", rerank),):
             start = time.perf_counter()
             out = _ranked(fn, query, min(k, size), min(n, size))
             seconds[name] += time.perf_counter() - start
-            recall, ndcg = _list_metrics([p.decode() for p in out["product_ids"]], labels, exact_gain, k)
+            recall, ndcg = list_metrics([p.decode() for p in out["product_ids"]], labels, exact_gain, k)
             rows[f"{name}@10"].append(recall)
             rows[f"{name}_ndcg"].append(ndcg)
     mean = {key: float(np.mean(v)) if v else None for key, v in rows.items()}

@@ -9,15 +9,17 @@ stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
 - `search(query)` / `search_top(query, k, rerank)`: the query tower's vector against every
   product (exact brute force: one matmul and `top_k`; `k` is dynamic, which keras_rs's
   `BruteForceRetrieval` layer does not allow), the best `rerank` of them scored by the
-  cross-attention model on the cached image tokens, the best `k` of those by its `score`;
+  cross-attention model on the cached image tokens, the best `k` of those by its `score` blended
+  with the cosine (`rerank_weight`, chosen on valid by `search.blend`; 1: the score alone);
 - `similar_products(product_id)`: nearest products by product vector (the product left out);
 - `complements(product_id)`: the `COMPLEMENT_POOL` nearest products re-ranked by the model's
   complement probability with the product's title as the query (only where the label set has a
   complement label). The pool is what retrieval finds near the product: complements far from it
   in embedding space are not seen.
 
-Outputs per query: `product_ids`, `titles`, `labels` [B, k] strings, `scores` [B, k] (the model's
-expected gain; complement probability for `complements`), `probabilities` [B, k, num_labels],
+Outputs per query: `product_ids`, `titles`, `labels` [B, k] strings, `scores` [B, k] (what ordered
+the list: the blend for `search`, the model's expected gain at weight 1; complement probability
+for `complements`, cosine for `similar_products`), `probabilities` [B, k, num_labels],
 `retrieval_scores` [B, k] (cosine). Bad input is an `InvalidArgumentError` naming it: an empty
 query, k outside 1..catalogue size, an unknown product id, too many rows.
 
@@ -55,8 +57,10 @@ def complement_label(label_set) -> int | None:
 class CatalogueVariables(tf.Module):
     """The catalogue as variables: what an index export tracks as `index` and `read_index` reads back."""
 
-    def __init__(self, model, arrays: IndexArrays) -> None:
+    def __init__(self, model, arrays: IndexArrays, rerank_weight: float = 1.0) -> None:
         super().__init__(name="catalogue")
+        # How `search` blends the model's score with retrieval's cosine (`search.blend`; 1: the model alone).
+        self.rerank_weight = tf.Variable(float(rerank_weight), trainable=False, name="rerank_weight")
         self.product_ids = tf.Variable(arrays.product_ids.astype(str).tolist(), trainable=False, name="product_ids")
         self.titles = tf.Variable(arrays.titles.astype(str).tolist(), trainable=False, name="titles")
         missing = [f for f in model.preprocessor.product_fields if f != "title" and f not in arrays.fields]
@@ -81,13 +85,13 @@ class CatalogueSearch:
     A plain object, not a `tf.Module`: an export tracks only `catalogue` (and the variables its
     functions read, `export.archive`), never the Keras models (keras-team/keras#20095)."""
 
-    def __init__(self, model, towers, arrays: IndexArrays) -> None:
+    def __init__(self, model, towers, arrays: IndexArrays, rerank_weight: float = 1.0) -> None:
         if not len(arrays.product_ids):
             raise ValueError("an index needs at least one product")
         self.model = model
         self.query_tower = query_tower(towers)
         self.size = len(arrays.product_ids)
-        self.catalogue = CatalogueVariables(model, arrays)
+        self.catalogue = CatalogueVariables(model, arrays, rerank_weight)
         c = self.catalogue
         self.product_ids, self.titles, self.fields = c.product_ids, c.titles, c.fields
         self.embeddings, self.photo_tokens, self.photo_row = c.embeddings, c.photo_tokens, c.photo_row
@@ -186,7 +190,8 @@ class CatalogueSearch:
         n = tf.clip_by_value(tf.maximum(rerank, k), 1, self.size)  # re-rank at least k, at most all
         retrieval, rows = self.retrieve(self.query_vectors(query, packed), n)
         scored = self._rerank(query, rows)
-        return self._ranked(rows, retrieval, scored, scored["score"], k)
+        weight = self.catalogue.rerank_weight
+        return self._ranked(rows, retrieval, scored, weight * scored["score"] + (1.0 - weight) * retrieval, k)
 
     def _search(self, query):
         return self._search_top(query, tf.constant(min(DEFAULT_K, self.size)), tf.constant(DEFAULT_RERANK))

@@ -35,6 +35,7 @@ from esr_tf.export.saved_model import (
     write_version,
 )
 from esr_tf.export.versions import check_model_name, version_numbers
+from esr_tf.search.blend import choose_rerank_weight
 from esr_tf.search.catalogue import (
     IndexArrays,
     IndexBuildError,
@@ -103,18 +104,25 @@ def _info(model, towers, arrays: IndexArrays, source: str) -> dict:
 
 
 def export_search_index(model, towers, products: Sequence, base_dir: str | Path, *, model_name: str = "search",
-                        version: int | None = None, overwrite: bool = False, source: str = "") -> Path:
-    """Embeds `products` (`data.Product`s) and writes a search index version; returns its path."""
+                        version: int | None = None, overwrite: bool = False, source: str = "",
+                        choose_on=None, qrels: str | Path | None = None) -> Path:
+    """Embeds `products` (`data.Product`s) and writes a search index version; returns its path.
+
+    `choose_on`: a catalogue whose valid queries choose how `search` blends the model's score with
+    retrieval's (`search.blend`, judged by `qrels` if given); without one the model's order alone."""
     arrays = embed_catalogue(model, towers, products)
     return write_index(model, towers, arrays, base_dir, model_name=model_name, version=version,
-                       overwrite=overwrite, source=source)
+                       overwrite=overwrite, source=source, choose_on=choose_on, qrels=qrels)
 
 
 def write_index(model, towers, arrays: IndexArrays, base_dir: str | Path, *, model_name: str = "search",
-                version: int | None = None, overwrite: bool = False, source: str = "") -> Path:
-    """Writes already embedded `arrays` as a search index version."""
+                version: int | None = None, overwrite: bool = False, source: str = "",
+                choose_on=None, qrels: str | Path | None = None) -> Path:
+    """Writes already embedded `arrays` as a search index version (`choose_on`: see `export_search_index`)."""
     search = CatalogueSearch(model, towers, arrays)
     info = _info(model, towers, arrays, source)
+    if choose_on is not None:
+        info["rerank"] = choose_rerank_weight(search, choose_on, qrels=qrels)
     return write_version(base_dir, model_name, version, overwrite,
                          lambda target: _write_index(search, arrays, target, model_name, info))
 
@@ -139,13 +147,18 @@ def update_search_index(model, towers, base_dir: str | Path, model_name: str, *,
         info_path = previous / "assets.extra" / INDEX_INFO_FILE
         if not info_path.is_file():
             raise IndexBuildError(f"{previous}: not a search index version (no assets.extra/{INDEX_INFO_FILE})")
-        if json.loads(info_path.read_text())["models_digest"] != digest:
+        previous_info = json.loads(info_path.read_text())
+        if previous_info["models_digest"] != digest:
             raise IndexBuildError(
                 f"{previous} was embedded by other models than --model (its model.keras / retrieval.keras "
                 "differ); rebuild the index without --add / --remove")
         arrays = merge(read_index(previous), new, remove)
-        search = CatalogueSearch(model, towers, arrays)
-        _write_index(search, arrays, target, model_name, _info(model, towers, arrays, source))
+        info = _info(model, towers, arrays, source)
+        rerank = previous_info.get("rerank")  # the blend chosen when the catalogue was indexed carries over
+        if rerank:
+            info["rerank"] = rerank
+        search = CatalogueSearch(model, towers, arrays, (rerank or {}).get("rerank_weight", 1.0))
+        _write_index(search, arrays, target, model_name, info)
 
     latest_version(base_dir, model_name)  # a clear error before anything is written
     return write_version(base_dir, model_name, None, False, write)

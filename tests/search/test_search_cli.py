@@ -96,7 +96,7 @@ def test_similar_strips_the_id_and_index_flag_conflicts(tiny_index, tiny_trained
     model = str(tiny_trained.model_path)
     code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--add", "x.csv", "--version", "7"],
                         capsys)
-    assert code == 2 and "--version / --overwrite are for --data" in err
+    assert code == 2 and "--version / --overwrite / --judgments are for --data" in err
     (tmp_path / "none.csv").write_text("product_id,title,image\n")
     code, _, err = _run(["index", "--model", model, "--base", str(tmp_path), "--add", str(tmp_path / "none.csv")],
                         capsys)
@@ -154,14 +154,24 @@ def test_index_flags_and_missing_retrieval_model(tiny_trained, tmp_path, capsys)
 def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue, tiny_index, tmp_path, capsys):
     import shutil
 
+    import tensorflow as tf
+
     model, base = str(tiny_trained.model_path), tmp_path / "models"
     shutil.copytree(tiny_index, base / "shop" / "1")  # version 1 as `esr-tf index --data` wrote it
+    info = base / "shop" / "1" / "assets.extra" / "esr_tf_index.json"
+    rerank = {"rerank_weight": 0.3, "chosen_on": "a test"}
+    info.write_text(json.dumps({**json.loads(info.read_text()), "rerank": rerank}))
     (tmp_path / "more.csv").write_text("product_id,title,image\nnew-9,Zorblax quantum teapot,\n")
     gone = next(iter(tiny_catalogue.products))
     (tmp_path / "gone.txt").write_text(gone + "\n")
     code, out, _ = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--add",
                          str(tmp_path / "more.csv"), "--remove", str(tmp_path / "gone.txt"), "--no-verify"], capsys)
     assert code == 0 and "shop/2" in out
+    # the blend chosen when the catalogue was indexed carries over to the next version (#31)
+    assert json.loads((base / "shop" / "2" / "assets.extra" / "esr_tf_index.json").read_text())["rerank"] == rerank
+    reader = tf.train.load_checkpoint(str(base / "shop" / "2" / "variables" / "variables"))
+    (key,) = [k for k in reader.get_variable_to_shape_map() if "rerank_weight" in k]
+    assert reader.get_tensor(key) == np.float32(0.3)
     code, out, _ = _run(["search", "--model", f"{base}/shop", "zorblax quantum teapot", "--json",
                          "--k", str(len(tiny_catalogue.products))], capsys)
     ids = [h["product_id"] for h in json.loads(out)]
@@ -178,6 +188,9 @@ def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue
     code, _, err = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--remove",
                          str(tmp_path / "gone.txt")], capsys)
     assert code == 2 and "unknown product ids" in err
+    code, _, err = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--add",
+                         str(tmp_path / "more.csv"), "--judgments", str(tmp_path / "qrels.csv")], capsys)
+    assert code == 2 and "--judgments are for --data" in err
 
 
 def test_index_of_an_empty_catalogue_exits_2(tiny_trained, tmp_path, capsys):

@@ -50,6 +50,22 @@ def test_search_top_reranks_retrievals_top_n(loaded):
     assert _search(loaded, ["green cap"], k=size, rerank=10 * size)["product_ids"].shape == (1, size)
 
 
+def test_rerank_weight_blends_the_model_score_with_the_cosine(loaded):
+    """#31: `search_top` orders by weight x score + (1 - weight) x cosine: at 0, retrieval's own
+    order; at 1 (an index built without a valid choice), the model's order."""
+    size = int(loaded.index.product_ids.shape[0])
+    try:
+        loaded.index.rerank_weight.assign(0.0)
+        out = _search(loaded, ["red sneakers"], k=size, rerank=size)
+        cosine = out["retrieval_scores"].numpy()[0]
+        assert (np.diff(cosine) <= 0).all() and np.allclose(out["scores"].numpy()[0], cosine)
+    finally:
+        loaded.index.rerank_weight.assign(1.0)
+    assert float(loaded.index.rerank_weight.numpy()) == 1.0  # tiny_index: built without a choice
+    scores = _search(loaded, ["red sneakers"], k=size, rerank=size)["scores"].numpy()[0]
+    assert (np.diff(scores) <= 0).all()
+
+
 def test_scores_match_the_relevance_model(loaded, tiny_trained):
     """The re-ranking score is the model's own score of (query, product fields, cached photo tokens)."""
     out = _search(loaded, ["red sneakers"], k=3, rerank=3)
