@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -95,6 +96,7 @@ def ablate(
                 }
             )
             del result  # its model and features: RAM for the next mode's (#33, 5.1 GB peak on dev_colour)
+            gc.collect()  # Keras models hold reference cycles: freed now, not at some later collection
     result = {**summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed), "split": split}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(markdown_table(result) + "\n")
