@@ -84,23 +84,26 @@ def ablate(
             else:  # image_only's BERT read the query alone: no other mode can use its features
                 shared = {} if mode in QUERY_ONLY_MODES else result.features
             report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
-            runs.append(
-                {
-                    "fusion": mode,
-                    "seed": seed,
-                    "epochs": result.epochs_run,
-                    "train_accuracy": round(float((result.history.get(TRAIN_ACCURACY) or [np.nan])[-1]), 6),
-                    "out_dir": str(run_dir),
-                    **{k: report[k] for k in REPORT_COLUMNS},
-                    **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
-                }
-            )
+            runs.append(_run_row(mode, seed, result, run_dir, report))
             del result  # its model and features: RAM for the next mode's (#33, 5.1 GB peak on dev_colour)
             gc.collect()  # Keras models hold reference cycles: freed now, not at some later collection
     result = {**summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed), "split": split}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(markdown_table(result) + "\n")
     return result
+
+
+def _run_row(mode: str, seed: int, result, run_dir: Path, report: dict) -> dict:
+    """One run of `ablation.json`: its mode, seed, epochs, last train accuracy and test metrics."""
+    return {
+        "fusion": mode,
+        "seed": seed,
+        "epochs": result.epochs_run,
+        "train_accuracy": round(float((result.history.get(TRAIN_ACCURACY) or [np.nan])[-1]), 6),
+        "out_dir": str(run_dir),
+        **{k: report[k] for k in REPORT_COLUMNS},
+        **{f"{k}_ci95": report[f"{k}_ci95"] for k in INTERVAL_METRICS},
+    }
 
 
 def _evaluate(result, catalogue, run_dir: Path, resamples: int, seed: int,
