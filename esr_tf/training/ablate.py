@@ -67,26 +67,35 @@ def ablate(
         raise ValueError(f"ablate: seeds {seeds} and modes {modes} must be non-empty and distinct")
     out = Path(config.out_dir)
     catalogue = load_training_data(config)  # once: every seed trains on the same split
-    runs, stats = [], {}
+    rows, stats = {}, {}
+
+    def run_one(mode: str, seed: int, features: dict) -> dict:
+        run_dir = out / mode / f"seed_{seed}"
+        run = TrainConfig(  # no retrieval model: the ablation compares the fusion modes only
+            **{**config.__dict__, "seed": seed, "out_dir": str(run_dir), "model": config.model.replace(fusion=mode),
+               "retrieval": replace(config.retrieval, epochs=0)}
+        )
+        result = train(run, catalogue=catalogue, features=features or None, verbose=verbose, overwrite=overwrite)
+        report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
+        rows[mode, seed] = _run_row(mode, seed, result, run_dir, report)
+        kept = {} if mode in QUERY_ONLY_MODES else result.features  # image_only's BERT read the query alone
+        del result  # its model: RAM for the next run's (#33)
+        gc.collect()  # Keras models hold reference cycles: freed now, not at some later collection
+        return kept
+
+    # text_only first for every seed: its features (the same for every seed) are then dropped
+    # before the photo modes, instead of being held through them (0.6 GB more on dev_colour, #33).
     text_features: dict = {}
+    for seed in seeds if "text_only" in modes else ():
+        text_features = run_one("text_only", seed, text_features)
+    del text_features
     for seed in seeds:
         shared: dict = {}  # the latest frozen-backbone outputs with photos, for the next mode
-        for mode in modes:
-            run_dir = out / mode / f"seed_{seed}"
-            run = TrainConfig(  # no retrieval model: the ablation compares the fusion modes only
-                **{**config.__dict__, "seed": seed, "out_dir": str(run_dir), "model": config.model.replace(fusion=mode),
-                   "retrieval": replace(config.retrieval, epochs=0)}
-            )
-            offered = text_features if mode == "text_only" else shared
-            result = train(run, catalogue=catalogue, features=offered or None, verbose=verbose, overwrite=overwrite)
-            if mode == "text_only":  # kept only for a later seed's text_only run
-                text_features = result.features if seed != seeds[-1] else {}
-            else:  # image_only's BERT read the query alone: no other mode can use its features
-                shared = {} if mode in QUERY_ONLY_MODES else result.features
-            report, stats[mode, seed] = _evaluate(result, catalogue, run_dir, resamples, bootstrap_seed, split)
-            runs.append(_run_row(mode, seed, result, run_dir, report))
-            del result  # its model and features: RAM for the next mode's (#33, 5.1 GB peak on dev_colour)
-            gc.collect()  # Keras models hold reference cycles: freed now, not at some later collection
+        for mode in (m for m in modes if m != "text_only"):
+            shared = run_one(mode, seed, shared)
+        del shared
+        gc.collect()
+    runs = [rows[mode, seed] for seed in seeds for mode in modes]  # seed-major, as the modes were given
     result = {**summarise(runs, stats, resamples=resamples, bootstrap_seed=bootstrap_seed), "split": split}
     (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "ablation.md").write_text(markdown_table(result) + "\n")

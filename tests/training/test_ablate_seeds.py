@@ -61,6 +61,13 @@ def test_cli_ablate_seeds_runs_each_mode_per_seed(tiny_catalogue, tmp_path, monk
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"epochs": 1, "batch_size": 16, "model": TINY_MODEL}))
     monkeypatch.setattr(module, "load_training_data", lambda config: tiny_catalogue)  # the session's shop
+    calls, train = [], module.train
+
+    def recording_train(config, *, features, **kwargs):
+        calls.append((config.model.fusion, config.seed, features is not None))
+        return train(config, features=features, **kwargs)
+
+    monkeypatch.setattr(module, "train", recording_train)
     out = tmp_path / "abl"
     argv = ["ablate", "--config", str(config), "--out", str(out), "--modes", "text_only,concat", "--seeds", "0,1"]
     assert main(argv) == 0
@@ -68,6 +75,9 @@ def test_cli_ablate_seeds_runs_each_mode_per_seed(tiny_catalogue, tmp_path, monk
     assert [(r["fusion"], r["seed"]) for r in result["runs"]] == [
         ("text_only", 0), ("concat", 0), ("text_only", 1), ("concat", 1)
     ]
+    # text_only runs first for every seed (seed 1 reuses seed 0's text features), so its features
+    # are gone before a photo mode's are built (#33: peak memory of a multi-seed ablate).
+    assert calls == [("text_only", 0, False), ("text_only", 1, True), ("concat", 0, False), ("concat", 1, False)]
     for run in result["runs"]:
         folder = out / run["fusion"] / f"seed_{run['seed']}"
         assert json.loads((folder / "config.json").read_text())["seed"] == run["seed"]
