@@ -168,8 +168,9 @@ def format_report(report: dict, signatures: bool = True) -> str:
     return "\n".join(lines)
 
 
-def verify_and_print(export_dir: str | Path, *, cpp: bool = True) -> int:
-    """`esr-tf verify`: runs `verify_export`, prints its report; the exit code (0 PASS, 1 FAIL)."""
+def verify_and_print(export_dir: str | Path, *, cpp: bool = True, signatures: bool = True) -> int:
+    """`esr-tf verify`: runs `verify_export`, prints its report (`signatures`: with the
+    `saved_model_cli show` listing); the exit code (0 PASS, 1 FAIL)."""
     report = verify_export(export_dir, cpp=cpp)
-    print(format_report(report))
+    print(format_report(report, signatures=signatures))
     return 0 if report["ok"] else 1

@@ -68,7 +68,7 @@ def cmd_index(args) -> int:
         return 0
     from esr_tf.export.verify import verify_and_print
 
-    return verify_and_print(path, cpp=not args.no_cpp)
+    return verify_and_print(path, cpp=not args.no_cpp, signatures=bool(args.verbose))  # the listing: -v
 
 
 def _width(text: str) -> int:

@@ -3,7 +3,7 @@
 For every query of a split with at least one exact product, judged by the catalogue's pairs or
 by a complete judgments file (`search.judgments`; the report says which kind):
 
-- retrieval recall@10 / @100: exact products among the first 10 / 100 by embedding alone
+- retrieval recall@10 / @100 and nDCG@10: exact products among the first 10 / 100 by embedding alone
   (`search_top(q, k=K, rerank=K)` returns exactly retrieval's top K, re-ordered; sorting its
   `retrieval_scores` gives retrieval's own order);
 - the re-ranked list (`search_top(q, k=10, rerank=N)`, N = 50 by default): recall@10 of exact
@@ -75,13 +75,15 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     missing = _exact_missing(loaded, judged, exact_gain, catalogue.root, split)
     wide = min(100, size)
     rows: dict[str, list[float]] = {key: [] for key in (
-        "retrieval@10", "retrieval@100", "reranked@10", "reranked_ndcg", "upper@10", "upper_ndcg")}
+        "retrieval@10", "retrieval_ndcg", "retrieval@100", "reranked@10", "reranked_ndcg", "upper@10", "upper_ndcg")}
     seconds = {"reranked": 0.0, "upper": 0.0}
     for query, labels in judged.values():
         wide_out = _ranked(fn, query, wide, wide)
         by_retrieval = [p.decode() for p in wide_out["product_ids"][np.argsort(-wide_out["retrieval_scores"],
                                                                                kind="stable")]]
-        rows["retrieval@10"].append(list_metrics(by_retrieval, labels, exact_gain, min(k, wide))[0])
+        recall, ndcg = list_metrics(by_retrieval, labels, exact_gain, min(k, wide))
+        rows["retrieval@10"].append(recall)
+        rows["retrieval_ndcg"].append(ndcg)
         rows["retrieval@100"].append(list_metrics(by_retrieval, labels, exact_gain, wide)[0])
         for name, n in (("reranked", rerank), ("upper", size)) if upper_bound else (("reranked", rerank),):
             start = time.perf_counter()
@@ -95,7 +97,8 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
     report = {
         "split": split, "queries": queries, "catalogue_products": size, "rerank": min(rerank, size), "k": k,
         "note": NOTE, "judgments": kind, "exact_products_missing_from_index": missing,
-        "retrieval": {f"recall@{k}": mean["retrieval@10"], f"recall@{wide}": mean["retrieval@100"]},
+        "retrieval": {f"recall@{k}": mean["retrieval@10"], f"ndcg@{k}": mean["retrieval_ndcg"],
+                      f"recall@{wide}": mean["retrieval@100"]},
         "reranked": {f"recall@{k}": mean["reranked@10"], f"ndcg@{k}": mean["reranked_ndcg"],
                      "ms_per_query": 1000 * seconds["reranked"] / queries},
     }

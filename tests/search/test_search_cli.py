@@ -127,6 +127,7 @@ def test_evaluate_over_the_whole_catalogue(tiny_index, tiny_catalogue, tmp_path,
     for part in ("retrieval", "reranked", "whole_catalogue_reranked"):
         assert all(v is None or 0 <= v <= 1 for k, v in report[part].items() if not k.startswith("ms"))
     assert report["judgments"].startswith("judged pairs") and "count as irrelevant" in report["judgments"]
+    assert {"recall@10", "ndcg@10"} <= set(report["retrieval"])  # retrieval alone, the bar for re-ranking (#31)
     # #31: complete judgments (the demo shop's qrels.csv): every relevant product counts
     qrels = tiny_catalogue.root / "qrels.csv"
     code, out, _ = _run(["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root),
@@ -218,7 +219,8 @@ def test_every_export_command_runs_the_cpp_check_by_default(tmp_path, monkeypatc
     (version / "assets.extra" / "esr_tf_index.json").write_text('{"products": 1, "photos": 0}')
     seen = []
     monkeypatch.setattr(verify, "verify_export", lambda path, cpp=True: seen.append(cpp) or {"ok": True})
-    monkeypatch.setattr(verify, "format_report", lambda report: "PASS")
+    listings = []  # whether the saved_model_cli listing was printed
+    monkeypatch.setattr(verify, "format_report", lambda report, signatures=True: listings.append(signatures) or "PASS")
     monkeypatch.setattr(builder, "load_model", lambda path: None)
     monkeypatch.setattr(saved_model, "export_saved_model", lambda *a, **k: version)
     monkeypatch.setattr(cli_search, "_load_models", lambda args: (type("M", (), {"label_set": None})(), None))
@@ -228,6 +230,7 @@ def test_every_export_command_runs_the_cpp_check_by_default(tmp_path, monkeypatc
     assert _run(["index", "--model", "m.keras", "--base", str(tmp_path), "--data", "d"], capsys)[0] == 0
     assert _run(["verify", str(version)], capsys)[0] == 0
     assert seen == [True, True, True]
+    assert listings[-2:] == [False, True]  # `index` prints the listing with -v only, `verify` always (#33)
     assert _run(["index", "--model", "m.keras", "--base", str(tmp_path), "--data", "d", "--no-cpp"], capsys)[0] == 0
     assert seen[-1] is False
     assert inspect.signature(verify.verify_export).parameters["cpp"].default is True
