@@ -40,25 +40,27 @@ def choose_rerank_weight(search, catalogue, *, split: str = "valid", qrels: str 
     """The `WEIGHTS` value with the best mean nDCG@k (then recall@k; ties: the smaller weight,
     nearer retrieval's order) on `split`'s queries, each ranking retrieval's top `rerank`.
 
-    `search`: a `CatalogueSearch`; its weight is left at the choice. Returns `rerank_weight`,
+    `search`: a `CatalogueSearch` (its weight is left as it was). Returns `rerank_weight`,
     the judgments used, and per weight the mean recall@k / nDCG@k; weight 1 (the model alone)
     when no query of `split` has an exact product."""
     judged, kind = judgments(catalogue, split, qrels)
     if not judged:
-        search.catalogue.rerank_weight.assign(1.0)
         return {"rerank_weight": 1.0, "chosen_on": f"no {split} query has an exact product: the model's order"}
     n, k = min(rerank, search.size), min(k, search.size)
     exact_gain = float(max(catalogue.label_set.gains))
-    search.catalogue.rerank_weight.assign(1.0)  # `scores` are then the model's own
     metrics = {w: [] for w in WEIGHTS}
-    for query, labels in judged.values():
-        ids, score, cosine = _candidates(search, query, n)
-        for w in WEIGHTS:
-            order = np.argsort(-(w * score + (1 - w) * cosine), kind="stable")
-            metrics[w].append(list_metrics(list(ids[order]), labels, exact_gain, k))
+    before = search.catalogue.rerank_weight.numpy()
+    search.catalogue.rerank_weight.assign(1.0)  # `scores` are then the model's own
+    try:
+        for query, labels in judged.values():
+            ids, score, cosine = _candidates(search, query, n)
+            for w in WEIGHTS:
+                order = np.argsort(-(w * score + (1 - w) * cosine), kind="stable")
+                metrics[w].append(list_metrics(list(ids[order]), labels, exact_gain, k))
+    finally:
+        search.catalogue.rerank_weight.assign(before)
     mean = {w: np.mean(v, axis=0) for w, v in metrics.items()}
     best = max(WEIGHTS, key=lambda w: (round(mean[w][1], 9), round(mean[w][0], 9), -w))
-    search.catalogue.rerank_weight.assign(best)
     return {
         "rerank_weight": best,
         "chosen_on": f"{split} split, {len(judged)} queries, best nDCG@{k} (then recall@{k}) re-ranking {n}",

@@ -123,6 +123,7 @@ def write_index(model, towers, arrays: IndexArrays, base_dir: str | Path, *, mod
     info = _info(model, towers, arrays, source)
     if choose_on is not None:
         info["rerank"] = choose_rerank_weight(search, choose_on, qrels=qrels)
+        search.catalogue.rerank_weight.assign(info["rerank"]["rerank_weight"])
     return write_version(base_dir, model_name, version, overwrite,
                          lambda target: _write_index(search, arrays, target, model_name, info))
 
