@@ -1,0 +1,133 @@
+"""Whole-catalogue search quality over training seeds (#31): the table in docs/search.md.
+
+    python tools/search_quality.py --data demo,../shared/data/dev_variants --seeds 0,1,2 --out sq_runs
+
+Per catalogue and seed, what a user runs: `esr-tf train --data C --set seed=S` (the defaults),
+`esr-tf index --data C --judgments QRELS` (the blend weight chosen on the valid queries), then
+`esr-tf search --evaluate --split test --judgments QRELS` at re-rank N in {20, 50, 100} and over
+the whole catalogue. Complete judgments: the demo shop's `qrels.csv` (the shop is generated with
+seed 0 once; only the training seed varies), a folder's own `qrels.csv`, or dev_variants'
+attribute files (`tools/qrels_dev_variants.py`). Writes `search_quality.json` (every run) and
+`search_quality.md` (mean ± sd over seeds). Runs already in `--out` are read back, not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RERANKS = (20, 50, 100)
+
+
+def judged_catalogue(name: str, out: Path, demo_size: str) -> tuple[Path, Path]:
+    """(catalogue folder, complete judgments file) for `name`: 'demo' or a folder."""
+    if name == "demo":
+        from esr_tf.data.demo_shop import generate_demo_shop
+
+        folder = out / "demo_shop"
+        if not (folder / "qrels.csv").is_file():
+            generate_demo_shop(folder, seed=0, size=demo_size)
+        return folder, folder / "qrels.csv"
+    folder = Path(name)
+    if (folder / "qrels.csv").is_file():
+        return folder, folder / "qrels.csv"
+    if (folder / "attributes.csv").is_file() and (folder / "queries.csv").is_file():
+        sys.path.insert(0, str(Path(__file__).parent))
+        from qrels_dev_variants import main as write_qrels
+
+        qrels = out / f"{folder.name}_qrels.csv"
+        if write_qrels(str(folder), str(qrels)) != 0:
+            raise SystemExit(f"{folder}: its attribute files disagree with examples.csv")
+        return folder, qrels
+    raise SystemExit(f"{folder}: no complete judgments (qrels.csv, or attributes.csv + queries.csv)")
+
+
+def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list[str]) -> dict:
+    """Train, index (blend chosen on valid), evaluate test at every N; the run's figures."""
+    import keras
+
+    from esr_tf.data import load_catalogue
+    from esr_tf.models.builder import load_model
+    from esr_tf.search.evaluate import evaluate_search
+    from esr_tf.search.index import export_search_index
+    from esr_tf.training.config import parse_config
+    from esr_tf.training.trainer import train
+
+    config = parse_config({"data": str(folder), "seed": seed, "out_dir": str(run_dir / "train")}, overrides)
+    result = train(config, verbose=0)
+    model, towers = load_model(result.model_path), keras.saving.load_model(run_dir / "train" / "retrieval.keras")
+    del result
+    catalogue = load_catalogue(folder, label_set=model.label_set)
+    path = export_search_index(model, towers, list(catalogue.products.values()), run_dir / "index",
+                               model_name="search", overwrite=True, version=1, source=str(folder),
+                               choose_on=catalogue, qrels=qrels)
+    info = json.loads((path / "assets.extra" / "esr_tf_index.json").read_text())
+    row = {"seed": seed, "rerank_weight": info["rerank"]["rerank_weight"], "valid": info["rerank"]}
+    for n in RERANKS:
+        report = evaluate_search(path, catalogue, split="test", rerank=n, upper_bound=n == RERANKS[-1], qrels=qrels)
+        row.update(queries=report["queries"], products=report["catalogue_products"],
+                   retrieval=report["retrieval"], judgments=report["judgments"])
+        row[f"rerank_{n}"] = report["reranked"]
+        if "whole_catalogue_reranked" in report:
+            row["whole_catalogue"] = report["whole_catalogue_reranked"]
+    return row
+
+
+def _cell(rows: list[dict], part: str, key: str) -> str:
+    values = [r[part][key] for r in rows]
+    sd = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.3f}{sd}"
+
+
+def markdown(results: dict[str, list[dict]]) -> str:
+    parts = ["retrieval", *(f"rerank_{n}" for n in RERANKS), "whole_catalogue"]
+    head = ["catalogue (test queries, products)", "measure", "retrieval alone",
+            *(f"re-rank {n}" + (" (default)" if n == 50 else "") for n in RERANKS), "whole catalogue"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, rows in results.items():
+        label = f"{Path(name).name} ({rows[0]['queries']}, {rows[0]['products']})"
+        for key in ("recall@10", "ndcg@10"):
+            lines.append(f"| {label} | {key} | " + " | ".join(_cell(rows, p, key) for p in parts) + " |")
+        weights = ", ".join(str(r["rerank_weight"]) for r in rows)
+        recall100 = _cell(rows, "retrieval", next(k for k in rows[0]["retrieval"] if k not in ("recall@10", "ndcg@10")))
+        lines.append(f"| {label} | blend weight per seed; retrieval recall@100 | {weights} | {recall100} | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="comma-separated: demo and / or catalogue folders")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--demo-size", default="default")
+    parser.add_argument("--set", action="append", default=[], help="config override for training, e.g. epochs=1")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, list[dict]] = {}
+    for name in args.data.split(","):
+        folder, qrels = judged_catalogue(name, out, args.demo_size)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            run_dir = out / Path(name).name / f"seed_{seed}"
+            done = run_dir / "search_quality.json"
+            if not done.is_file():
+                row = one_run(folder, qrels, seed, run_dir, args.set)
+                done.write_text(json.dumps(row, indent=2) + "\n")
+                gc.collect()
+            results.setdefault(name, []).append(json.loads(done.read_text()))
+            print(f"{name} seed {seed}: {json.dumps({k: v for k, v in results[name][-1].items() if k != 'valid'})}",
+                  flush=True)
+    (out / "search_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (out / "search_quality.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
