@@ -55,7 +55,6 @@ def shared_tensor(array: np.ndarray) -> tf.Tensor:
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
 
 
-photo_table = shared_tensor  # the name the feature-store tests and benchmarks know it by
 
 
 def targets(labels, gains) -> dict:

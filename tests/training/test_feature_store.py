@@ -17,7 +17,7 @@ from esr_tf.training.feature_cache import (
     XLA_LENGTH_MULTIPLE,
     BackboneFeatures,
     length_multiple_for,
-    photo_table,
+    shared_tensor,
     text_extent,
 )
 
@@ -287,13 +287,13 @@ def test_datasets_share_the_photo_table_instead_of_copying_it():
     assert not encoder_pass.is_aligned(unaligned) and encoder_pass.is_aligned(feats.feature_maps)
     np.testing.assert_array_equal(feats.feature_maps, unaligned)
     assert feats.take(slice(0, 2)).feature_maps is feats.feature_maps
-    table = photo_table(feats.feature_maps)
+    table = shared_tensor(feats.feature_maps)
     feats.feature_maps[1, 0, 0, 0] = -7.0  # the tensor reads the array's own memory
     assert float(table[1, 0, 0, 0]) == -7.0
     batch, *_ = next(iter(feats.dataset(batch_size=4, with_labels=False)))
     np.testing.assert_array_equal(batch["feature_map"].numpy(), feats.feature_maps[[0, 1, 1, 0]])
     with pytest.raises(ValueError, match="aligned float32"):
-        photo_table(unaligned)
+        shared_tensor(unaligned)
 
 
 def test_datasets_gather_bert_outputs_in_place_in_the_order_slicing_gave():
