@@ -169,7 +169,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--model", required=True, help="index export: <base>/<name> (newest version) or a version")
     p.add_argument("query", nargs="?", help="the shopper's query")
     p.add_argument("--k", type=int, help="products to return (default 10)")
-    p.add_argument("--rerank", type=int, help=f"retrieved products the model re-ranks (default {DEFAULT_RERANK})")
+    p.add_argument("--rerank", type=int,
+                   help=f"retrieved products the model re-ranks (default {DEFAULT_RERANK}; 0: retrieval alone)")
     p.add_argument("--similar", metavar="PRODUCT_ID", help="products similar to this one")
     p.add_argument("--complements", metavar="PRODUCT_ID", help="complements of this product")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -77,6 +77,8 @@ class SearchClient:
 
     def _call(self, signature: str, inputs: dict) -> list[list[dict]]:
         tf = self._tf
+        if signature not in self._loaded.signatures:  # an index built before the signature existed
+            raise SearchRequestError(f"{self.export_dir} has no {signature!r} signature; rebuild it with esr-tf index")
         tensors = {k: tf.constant(v, tf.int32) if isinstance(v, int) else tf.constant(list(v))
                    for k, v in inputs.items()}
         try:
@@ -86,7 +88,7 @@ class SearchClient:
         return ranked_rows({k: out[k].numpy().tolist() for k in SEARCH_OUTPUTS}, signature)
 
     def search(self, queries: Sequence[str], k: int | None = None, rerank: int | None = None) -> list[list[dict]]:
-        """Ranked products for each query (`k` default 10, `rerank` default 50)."""
+        """Ranked products for each query (`k` default 10, `rerank` default 50; 0: retrieval alone)."""
         if rerank is not None and k is None:  # the default k, capped as the `search` signature caps it
             k = min(DEFAULT_K, self.size)
         if isinstance(rerank, int) and not isinstance(rerank, bool) and rerank > self.size:

@@ -4,8 +4,8 @@ For every query of a split with at least one exact product, judged by the catalo
 by a complete judgments file (`search.judgments`; the report says which kind):
 
 - retrieval recall@10 / @100 and nDCG@10: exact products among the first 10 / 100 by embedding alone
-  (`search_top(q, k=K, rerank=K)` returns exactly retrieval's top K, re-ordered; sorting its
-  `retrieval_scores` gives retrieval's own order);
+  (`retrieve_top(q, k=K)`, retrieval alone; in an index built before that signature,
+  `search_top(q, k=K, rerank=K)` sorted back by its `retrieval_scores`);
 - the re-ranked list (`search_top(q, k=10, rerank=N)`, N = 50 by default): recall@10 of exact
   products and nDCG@10 (tie-aware, `training.ranking`; ideal DCG from the query's judged labels);
 - the upper bound: the cross-attention model re-ranking the whole catalogue (rerank = N products).
@@ -35,6 +35,16 @@ NOTE = "whole-catalogue search: queries without an exact product are left out"
 def _ranked(fn, query: str, k: int, rerank: int) -> dict[str, np.ndarray]:
     out = fn(query=tf.constant([query]), k=tf.constant(k, tf.int32), rerank=tf.constant(rerank, tf.int32))
     return {key: value.numpy()[0] for key, value in out.items()}
+
+
+def _by_retrieval(loaded, fn, query: str, n: int) -> list[str]:
+    """Retrieval's own top `n` ids: `retrieve_top`, or in an index built before it, `search_top`
+    re-ranking `n` sorted back by its cosines."""
+    if "retrieve_top" in loaded.signatures:
+        out = loaded.signatures["retrieve_top"](query=tf.constant([query]), k=tf.constant(n, tf.int32))
+        return [p.decode() for p in out["product_ids"].numpy()[0]]
+    out = _ranked(fn, query, n, n)
+    return [p.decode() for p in out["product_ids"][np.argsort(-out["retrieval_scores"], kind="stable")]]
 
 
 def list_metrics(ids: list[str], judged: dict[str, float], exact_gain: float, k: int) -> tuple[float, float]:
@@ -78,9 +88,7 @@ def evaluate_search(export_dir: str | Path, catalogue, *, split: str = "test", r
         "retrieval@10", "retrieval_ndcg", "retrieval@100", "reranked@10", "reranked_ndcg", "upper@10", "upper_ndcg")}
     seconds = {"reranked": 0.0, "upper": 0.0}
     for query, labels in judged.values():
-        wide_out = _ranked(fn, query, wide, wide)
-        by_retrieval = [p.decode() for p in wide_out["product_ids"][np.argsort(-wide_out["retrieval_scores"],
-                                                                               kind="stable")]]
+        by_retrieval = _by_retrieval(loaded, fn, query, wide)
         recall, ndcg = list_metrics(by_retrieval, labels, exact_gain, min(k, wide))
         rows["retrieval@10"].append(recall)
         rows["retrieval_ndcg"].append(ndcg)

@@ -11,6 +11,8 @@ stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
   `BruteForceRetrieval` layer does not allow), the best `rerank` of them scored by the
   cross-attention model on the cached image tokens, the best `k` of those by its `score` blended
   with the cosine (`rerank_weight`, chosen on valid by `search.blend`; 1: the score alone);
+- `retrieve_top(query, k)`: retrieval alone, no model (what `search_top` re-ranks, in retrieval's
+  order; `scores` are the cosines, `labels` empty, `probabilities` zero): the fast path (#34);
 - `similar_products(product_id)`: nearest products by product vector (the product left out);
 - `complements(product_id)`: the `COMPLEMENT_POOL` nearest products re-ranked by the model's
   complement probability with the product's title as the query (only where the label set has a
@@ -101,13 +103,15 @@ class CatalogueSearch:
         self.complement = complement_label(model.label_set)
         self.search = tf.function(self._search, input_signature=[_STRINGS])
         self.search_top = tf.function(self._search_top, input_signature=[_STRINGS, _INT, _INT])
+        self.retrieve_top = tf.function(self._retrieve_top, input_signature=[_STRINGS, _INT])
         self.similar_products = tf.function(self._similar, input_signature=[_STRINGS])
         if self.complement is not None:
             self.complements = tf.function(self._complements, input_signature=[_STRINGS])
 
     def signatures(self) -> dict:
         """name -> tf.function, for the export."""
-        names = ["search", "search_top", "similar_products"] + (["complements"] if self.complement is not None else [])
+        names = ["search", "search_top", "retrieve_top", "similar_products"]
+        names += ["complements"] if self.complement is not None else []
         return {n: getattr(self, n) for n in names}
 
     # === Input checks (InvalidArgumentError naming the input, before any work starts) ===
@@ -192,6 +196,19 @@ class CatalogueSearch:
         scored = self._rerank(query, rows)
         weight = self.catalogue.rerank_weight
         return self._ranked(rows, retrieval, scored, weight * scored["score"] + (1.0 - weight) * retrieval, k)
+
+    def _retrieve_top(self, query, k):
+        query, packed = self._queries(query)
+        retrieval, rows = self.retrieve(self.query_vectors(query, packed), self._k(k))
+        shape = tf.shape(rows)
+        return {
+            "product_ids": tf.gather(self.product_ids, rows),
+            "titles": tf.gather(self.titles, rows),
+            "labels": tf.fill(shape, ""),  # no model ran: nothing to label
+            "scores": retrieval,
+            "probabilities": tf.zeros(tf.concat([shape, [self.model.label_set.num_labels]], 0)),
+            "retrieval_scores": retrieval,
+        }
 
     def _search(self, query):
         return self._search_top(query, tf.constant(min(DEFAULT_K, self.size)), tf.constant(DEFAULT_RERANK))

@@ -56,7 +56,8 @@ def _calls(search: CatalogueSearch, arrays: IndexArrays) -> list[tuple[str, dict
     titles = [t for t in arrays.titles.tolist() if t.strip()][:3] or ["product"]
     ids = arrays.product_ids[:2].tolist()
     calls = [("search", {"query": titles}),
-             ("search_top", {"query": titles[:1], "k": min(3, len(arrays)), "rerank": 8})]
+             ("search_top", {"query": titles[:1], "k": min(3, len(arrays)), "rerank": 8}),
+             ("retrieve_top", {"query": titles[:2], "k": min(5, len(arrays))})]
     if len(arrays) > 1:
         calls += [(name, {"product_id": ids}) for name in ("similar_products", "complements")
                   if name in search.signatures()]

@@ -1,7 +1,8 @@
 """Request / response helpers for the search signatures of an `esr-tf index` export.
 
 Signatures (see `esr_tf.search.graph`): `search(query)` (k = 10, re-rank 50),
-`search_top(query, k, rerank)`, `similar_products(product_id)`, `complements(product_id)`.
+`search_top(query, k, rerank)`, `retrieve_top(query, k)` (retrieval alone: what re-rank 0 asks
+for), `similar_products(product_id)`, `complements(product_id)`.
 Each returns, per input row, `product_ids`, `titles`, `labels`, `scores`, `probabilities` and
 `retrieval_scores` with k entries. REST bodies use TF Serving's columnar ("inputs") format,
 since `k` and `rerank` are scalars next to a batch of queries.
@@ -11,6 +12,8 @@ Example:
 {'signature_name': 'search_top', 'inputs': {'query': ['red sneakers'], 'k': 5, 'rerank': 50}}
 >>> rest_search_body(["red sneakers"])
 {'signature_name': 'search', 'inputs': {'query': ['red sneakers']}}
+>>> rest_search_body(["red sneakers"], rerank=0)
+{'signature_name': 'retrieve_top', 'inputs': {'query': ['red sneakers'], 'k': 10}}
 """
 
 from __future__ import annotations
@@ -38,21 +41,24 @@ def _texts(values: Sequence[str], field: str) -> list[str]:
     return out
 
 
-def _positive(value: int, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{field} must be an integer >= 1, got {value!r}")
+def _positive(value: int, field: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{field} must be an integer >= {least}, got {value!r}")
     if value > INT32_MAX:  # checked before it becomes an int32 (3000000000 would wrap negative)
         raise ValueError(f"{field} must be at most {INT32_MAX} (an int32), got {value}")
     return value
 
 
 def search_inputs(queries: Sequence[str], k: int | None = None, rerank: int | None = None) -> tuple[str, dict]:
-    """(signature name, inputs): `search` with the defaults, `search_top` when k / rerank are given."""
+    """(signature name, inputs): `search` with the defaults, `search_top` when k / rerank are given,
+    `retrieve_top` for rerank 0 (retrieval alone)."""
     queries = _texts(queries, "query")
     if k is None and rerank is None:
         return "search", {"query": queries}
     k = _positive(DEFAULT_K if k is None else k, "k")
-    rerank = _positive(max(DEFAULT_RERANK, k) if rerank is None else rerank, "rerank")
+    rerank = _positive(max(DEFAULT_RERANK, k) if rerank is None else rerank, "rerank", least=0)
+    if rerank == 0:
+        return "retrieve_top", {"query": queries, "k": k}
     return "search_top", {"query": queries, "k": k, "rerank": rerank}
 
 
@@ -133,6 +139,7 @@ def search_warmup_records(queries: Sequence[str], product_ids: Sequence[str], *,
 
     calls = [("search", {"query": [q]}) for q in queries]
     calls += [("search_top", {"query": [q], "k": 5, "rerank": 20}) for q in queries[:1]]
+    calls += [("retrieve_top", {"query": [q], "k": 5}) for q in queries[:1]]
     calls += [(s, {"product_id": [p]}) for s in PRODUCT_SIGNATURES for p in product_ids]
     records = []
     for signature, inputs in calls:

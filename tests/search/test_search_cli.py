@@ -56,6 +56,17 @@ def test_rerank_beyond_int32_and_the_default_k_on_a_small_index(tiny_index, caps
     assert len(SevenProducts(tiny_index).search(["shoe"], rerank=5)[0]) == 7, "default k capped at the catalogue"
 
 
+def test_rerank_0_is_retrieval_alone(tiny_index, capsys):
+    """#34: `--rerank 0` runs `retrieve_top` (no model): retrieval's order, no labels."""
+    code, out, err = _run(["search", "--model", str(tiny_index), "red sneakers", "--rerank", "0", "--k", "4",
+                           "--json"], capsys)
+    assert code == 0, err
+    hits = json.loads(out)
+    assert len(hits) == 4 and {h["label"] for h in hits} == {""}
+    scores = [h["retrieval_score"] for h in hits]
+    assert scores == sorted(scores, reverse=True) and [h["score"] for h in hits] == scores
+
+
 def test_evaluate_takes_k_and_refuses_bad_flags(tiny_index, tiny_catalogue, tmp_path, capsys):
     base = ["search", "--model", str(tiny_index), "--evaluate", "--data", str(tiny_catalogue.root)]
     code, out, _ = _run([*base, "--k", "3", "--no-upper-bound"], capsys)

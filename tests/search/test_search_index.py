@@ -24,8 +24,8 @@ def _search(loaded, queries, k=None, rerank=None):
 
 
 def test_signatures_and_outputs(loaded, tiny_trained):
-    assert {"search", "search_top", "similar_products", "complements", "serving_default", "embed_images",
-            "score_with_image_features"} <= set(loaded.signatures)
+    assert {"search", "search_top", "retrieve_top", "similar_products", "complements", "serving_default",
+            "embed_images", "score_with_image_features"} <= set(loaded.signatures)
     out = _search(loaded, ["red sneakers", "blue mug"])
     ids = out["product_ids"].numpy()
     assert ids.shape == (2, 10)
@@ -48,6 +48,26 @@ def test_search_top_reranks_retrievals_top_n(loaded):
     assert _search(loaded, ["green cap"], k=5, rerank=1)["product_ids"].shape == (1, 5)
     size = int(loaded.index.product_ids.shape[0])
     assert _search(loaded, ["green cap"], k=size, rerank=10 * size)["product_ids"].shape == (1, size)
+
+
+def test_retrieve_top_is_retrievals_own_order_without_the_model(loaded):
+    """#34: retrieval alone as a signature (re-rank 0): the products `search_top` would re-rank, in
+    retrieval's order, with no model run (empty labels, zero probabilities)."""
+    size = int(loaded.index.product_ids.shape[0])
+    out = loaded.signatures["retrieve_top"](query=tf.constant(["green cap", "blue mug"]), k=tf.constant(5))
+    wide = _search(loaded, ["green cap", "blue mug"], k=size, rerank=size)
+    for row in range(2):
+        order = np.argsort(-wide["retrieval_scores"].numpy()[row], kind="stable")[:5]
+        assert out["product_ids"].numpy()[row].tolist() == wide["product_ids"].numpy()[row][order].tolist()
+        assert np.allclose(out["retrieval_scores"].numpy()[row], wide["retrieval_scores"].numpy()[row][order],
+                           atol=1e-5)
+    assert np.array_equal(out["scores"].numpy(), out["retrieval_scores"].numpy())
+    assert set(out["labels"].numpy().ravel().tolist()) == {b""} and not out["probabilities"].numpy().any()
+    assert out["probabilities"].shape == (2, 5, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be in"):
+        loaded.signatures["retrieve_top"](query=tf.constant(["cap"]), k=tf.constant(size + 1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty query"):
+        loaded.signatures["retrieve_top"](query=tf.constant(["\u00a0"]), k=tf.constant(3))
 
 
 def test_rerank_weight_blends_the_model_score_with_the_cosine(loaded):
@@ -123,7 +143,7 @@ def test_verify_passes_in_a_fresh_process_and_cpp(tiny_index):
     report = verify_export(tiny_index)  # the C++ check is on by default
     assert report["ok"], format_report(report)
     signatures = {c["signature"] for c in report["load"]["checks"]}
-    assert {"search", "search_top", "similar_products", "complements"} <= signatures
+    assert {"search", "search_top", "retrieve_top", "similar_products", "complements"} <= signatures
     cpp = {c["signature"] for c in report["cpp"]["checks"]}
     assert cpp == set(report["load"]["signatures"]), "C++ runs every signature of the export"
     assert report["cpp"]["max_abs_diff"] <= 1e-4
@@ -142,7 +162,7 @@ def test_warmup_records_cover_search(tiny_index):
     records = [prediction_log_pb2.PredictionLog.FromString(r)
                for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
     names = {r.predict_log.request.model_spec.signature_name for r in records}
-    assert {"serving_default", "search", "search_top", "similar_products", "complements"} <= names
+    assert {"serving_default", "search", "search_top", "retrieve_top", "similar_products", "complements"} <= names
 
 
 def test_update_refuses_other_models_and_bad_removals(tiny_index, tiny_trained, tiny_towers):
@@ -168,6 +188,7 @@ def test_an_empty_batch_gets_empty_outputs(loaded):
     empty = tf.constant([], tf.string)
     outputs = [loaded.signatures["search"](query=empty),
                loaded.signatures["search_top"](query=empty, k=tf.constant(3), rerank=tf.constant(5)),
+               loaded.signatures["retrieve_top"](query=empty, k=tf.constant(3)),
                loaded.signatures["similar_products"](product_id=empty),
                loaded.signatures["complements"](product_id=empty)]
     for out in outputs:

@@ -24,6 +24,7 @@ def test_rest_bodies():
     assert rest_product_body(["p1"], "complements") == {
         "signature_name": "complements", "inputs": {"product_id": ["p1"]}}
     json.dumps(rest_search_body(["x"], k=3))
+    assert search_inputs(["x"], k=3, rerank=0) == ("retrieve_top", {"query": ["x"], "k": 3})  # retrieval alone
 
 
 @pytest.mark.parametrize("call, message", [
@@ -32,6 +33,7 @@ def test_rest_bodies():
     (lambda: search_inputs("red"), "one string"),
     (lambda: search_inputs(["a"], k=0), "k must be"),
     (lambda: search_inputs(["a"], k=True), "k must be"),
+    (lambda: search_inputs(["a"], rerank=-1), "rerank must be an integer >= 0"),
     (lambda: rest_product_body(["p"], "bogus"), "signature"),
 ])
 def test_bad_inputs_are_refused_before_sending(call, message):
