@@ -1,4 +1,5 @@
-"""The `esr-tf` command line: demo, train, evaluate, ablate, export, verify, index, search, summary, bench.
+"""The `esr-tf` command line: demo, train, evaluate, ablate, export, verify, index, search, simulate-logs,
+logs, summary, bench.
 
 Example:
     esr-tf demo --out esr_out
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
+from esr_tf.logs.cli import add_logs_commands
 from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
 from esr_tf.search.cli import UsageError, add_search_commands
 
@@ -243,9 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablate(sub)
     _add_prepare(sub)
 
-    p = sub.add_parser(
-        "export", help="SavedModel for TF Serving (same as export/export_saved_model.py)"
-    )
+    p = sub.add_parser("export", help="SavedModel for TF Serving (same as export/export_saved_model.py)")
     add_export_args(p)
     p.set_defaults(func=cmd_export)
 
@@ -255,14 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     add_search_commands(sub)
+    add_logs_commands(sub)
 
     p = sub.add_parser("summary", help="parameters and FLOPs per branch")
     _train_args(p)
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser(
-        "bench", help="benchmarks: pipeline, training, serving, cached features, C++"
-    )
+    p = sub.add_parser("bench", help="benchmarks: pipeline, training, serving, cached features, C++")
     p.add_argument("--out", default="esr_bench")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--suite", default="main", choices=("main", "search", "scale", "text", "precision"),

@@ -36,6 +36,9 @@ LAYERS = {
 # other exports, its benchmark with the benchmarks and its commands with the CLI.
 SEARCH_LAYERS = {"towers": 4, "embeddings": 4, "fit": 4, "catalogue": 5, "graph": 5, "index": 5, "evaluate": 5,
                  "blend": 5, "judgments": 5, "requests": 5, "client": 5, "bench": 6, "cli": 7}
+# Search logs (#32): reading, simulating and the click model over catalogues; commands with the CLI.
+LOGS_LAYERS = {"read": 1, "propensity": 1, "simulate": 1, "cli": 7}
+PACKAGE_LAYERS = {"search": SEARCH_LAYERS, "logs": LOGS_LAYERS}
 
 
 MAX_FILE_LINES = 400
@@ -47,8 +50,9 @@ def layer_of(module: str) -> int:
     if module == "esr_tf":  # the facade over everything: no esr_tf module imports it
         return 8
     parts = module.split(".")
-    if len(parts) > 1 and parts[1] == "search":
-        return SEARCH_LAYERS[parts[2]] if len(parts) > 2 else 4  # the package itself: its lowest
+    if len(parts) > 1 and parts[1] in PACKAGE_LAYERS:
+        layers = PACKAGE_LAYERS[parts[1]]
+        return layers[parts[2]] if len(parts) > 2 else min(layers.values())  # the package itself: its lowest
     return LAYERS.get(parts[1], 0) if len(parts) > 1 else 0
 
 
