@@ -18,9 +18,13 @@ def test_quick_search_suite_writes_every_figure(tmp_path):
     result = json.loads((tmp_path / "search.json").read_text())
     assert [r["products"] for r in result["rows"]] == list(SIZES[True])
     for row in result["rows"]:
-        for key in ("search_p50_ms", "search_p99_ms", "catalogue_bytes_per_product", "retrieval_vs_faiss"):
+        for key in ("search_p50_ms", "search_p99_ms", "search_default_p50_ms", "search_default_p99_ms",
+                    "catalogue_bytes_per_product", "retrieval_vs_faiss"):
             assert math.isfinite(row[key]) and row[key] > 0, key
         assert row["search_p50_ms"] <= row["search_p99_ms"]
+        # the stages (#34): retrieval alone, the query tower, the re-ranking per candidate
+        assert row["retrieve_top"]["n"] == row["query_tower"]["n"] == row["retrieval"]["n"]
+        assert math.isfinite(row["rerank_ms_per_candidate"])
         assert row["faiss_flat"]["n"] == row["faiss_flat_1_thread"]["n"] == row["retrieval"]["n"]
     build = result["build"]
     assert build["build_ms_per_product"] > 0 and build["catalogue_bytes_per_product"] > 0
