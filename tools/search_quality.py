@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 RERANKS = (20, 50, 100)
+SAMPLE = 100  # products whose similar products and complements are judged (item 4)
 
 
 def judged_catalogue(name: str, out: Path, demo_size: str) -> tuple[Path, Path]:
@@ -75,7 +76,48 @@ def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list
         row[f"rerank_{n}"] = report["reranked"]
         if "whole_catalogue_reranked" in report:
             row["whole_catalogue"] = report["whole_catalogue_reranked"]
+    relations = product_relations(path, folder)
+    if relations:
+        row["product_relations"] = relations
     return row
+
+
+def product_relations(path: Path, folder: Path) -> dict | None:
+    """Similar products and complements over the whole catalogue (#31 item 4), where the
+    catalogue says each product's category and colour (the demo shop's `demo_attributes.csv`):
+    `similar_products` (by product vector): precision@10 of the same category, nDCG@10 with
+    gain 1 for the same category and colour, 0.1 for the same category; `complements`: precision@10
+    of a complementary category (the demo shop's map), against the pool's own order (retrieval)."""
+    import csv
+
+    import tensorflow as tf
+
+    from esr_tf.data.demo_shop import CATEGORIES
+    from esr_tf.search.evaluate import list_metrics
+
+    if not (folder / "demo_attributes.csv").is_file():
+        return None
+    with open(folder / "demo_attributes.csv", newline="", encoding="utf-8") as f:
+        attributes = {r["product_id"]: (r["category"], r["colour"]) for r in csv.DictReader(f)}
+    loaded = tf.saved_model.load(str(path))
+    ids = sorted(attributes)[:: max(1, len(attributes) // SAMPLE)][:SAMPLE]
+    figures: dict[str, list] = {"similar_precision@10": [], "similar_ndcg@10": [], "complements_precision@10": [],
+                                "complements_pool_order_precision@10": []}
+    for pid in ids:
+        category, colour = attributes[pid]
+        near = [p.decode() for p in loaded.signatures["similar_products"](product_id=tf.constant([pid]))
+                ["product_ids"].numpy()[0]]
+        gains = {p: 1.0 if a == (category, colour) else 0.1 for p, a in attributes.items()
+                 if a[0] == category and p != pid}
+        figures["similar_precision@10"].append(sum(p in gains for p in near) / len(near))
+        figures["similar_ndcg@10"].append(list_metrics(near, gains, 1.0, 10)[1])
+        wanted = set(CATEGORIES[category][4])
+        out = loaded.signatures["complements"](product_id=tf.constant([pid]))
+        chosen = [p.decode() for p in out["product_ids"].numpy()[0]]
+        figures["complements_precision@10"].append(sum(attributes[p][0] in wanted for p in chosen) / len(chosen))
+        # the pool's own order: its first 10 are the similar products
+        figures["complements_pool_order_precision@10"].append(sum(attributes[p][0] in wanted for p in near) / len(near))
+    return {"products": len(ids), **{k: float(np.mean(v)) for k, v in figures.items()}}
 
 
 def _cell(rows: list[dict], part: str, key: str) -> str:
@@ -96,6 +138,13 @@ def markdown(results: dict[str, list[dict]]) -> str:
         weights = ", ".join(str(r["rerank_weight"]) for r in rows)
         recall100 = _cell(rows, "retrieval", next(k for k in rows[0]["retrieval"] if k not in ("recall@10", "ndcg@10")))
         lines.append(f"| {label} | blend weight per seed; retrieval recall@100 | {weights} | {recall100} | | | |")
+    for name, rows in results.items():
+        if all("product_relations" in r for r in rows):
+            figures = [k for k in rows[0]["product_relations"] if k != "products"]
+            lines += ["", f"Similar products and complements, {Path(name).name} "
+                      f"({rows[0]['product_relations']['products']} products):", "",
+                      "| " + " | ".join(figures) + " |", "|" + "---|" * len(figures),
+                      "| " + " | ".join(_cell(rows, "product_relations", k) for k in figures) + " |"]
     return "\n".join(lines)
 
 
@@ -119,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
                 row = one_run(folder, qrels, seed, run_dir, args.set)
                 done.write_text(json.dumps(row, indent=2) + "\n")
                 gc.collect()
-            results.setdefault(name, []).append(json.loads(done.read_text()))
+            row = json.loads(done.read_text())
+            if "product_relations" not in row and (relations := product_relations(run_dir / "index" / "search" / "1",
+                                                                                  folder)):
+                row["product_relations"] = relations  # runs written before item 4 was measured
+                done.write_text(json.dumps(row, indent=2) + "\n")
+            results.setdefault(name, []).append(row)
             print(f"{name} seed {seed}: {json.dumps({k: v for k, v in results[name][-1].items() if k != 'valid'})}",
                   flush=True)
     (out / "search_quality.json").write_text(json.dumps(results, indent=2) + "\n")
