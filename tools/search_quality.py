@@ -156,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-size", default="default")
     parser.add_argument("--set", action="append", default=[], help="config override for training, e.g. epochs=1")
     args = parser.parse_args(argv)
+    from esr_tf.quiet import quiet_tensorflow
+
+    quiet_tensorflow()  # as the esr-tf command starts TensorFlow: no start-up chatter
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[dict]] = {}
