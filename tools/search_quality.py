@@ -91,6 +91,7 @@ def product_relations(path: Path, folder: Path) -> dict | None:
     import csv
 
     import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the index's tokenizer ops)
 
     from esr_tf.data.demo_shop import CATEGORIES
     from esr_tf.search.evaluate import list_metrics
