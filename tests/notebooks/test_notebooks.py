@@ -27,7 +27,7 @@ def _code_cells(path: Path) -> list[dict]:
 
 def test_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    assert names == ["01_quickstart.ipynb", "02_your_catalogue.ipynb", "03_serving.ipynb"]
+    assert names == ["01_quickstart.ipynb", "02_your_catalogue.ipynb", "03_serving.ipynb", "04_search_logs.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
