@@ -54,10 +54,11 @@ def judged_lists(catalogue, splits: tuple[str, ...] = SPLITS) -> dict[str, dict[
 
 def _session(rng, judged: dict[str, str], products: np.ndarray, list_size: int, noise: float) -> list[tuple]:
     """(product id, label) in the order shown."""
-    shown = list(judged.items())
+    shown, taken = list(judged.items()), set(judged)
     while len(shown) < min(list_size, len(products)):
         extra = str(products[rng.integers(len(products))])
-        if extra not in judged and all(extra != p for p, _ in shown):
+        if extra not in taken:
+            taken.add(extra)
             shown.append((extra, "I"))
     score = np.array([GRADE[label] for _, label in shown], np.float64) + noise * rng.standard_normal(len(shown))
     return [shown[i] for i in np.argsort(-score, kind="stable")[:list_size]]

@@ -41,7 +41,7 @@ def _texts(values: Sequence[str], field: str) -> list[str]:
     return out
 
 
-def _positive(value: int, field: str, least: int = 1) -> int:
+def _at_least(value: int, field: str, least: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f"{field} must be an integer >= {least}, got {value!r}")
     if value > INT32_MAX:  # checked before it becomes an int32 (3000000000 would wrap negative)
@@ -55,8 +55,8 @@ def search_inputs(queries: Sequence[str], k: int | None = None, rerank: int | No
     queries = _texts(queries, "query")
     if k is None and rerank is None:
         return "search", {"query": queries}
-    k = _positive(DEFAULT_K if k is None else k, "k")
-    rerank = _positive(max(DEFAULT_RERANK, k) if rerank is None else rerank, "rerank", least=0)
+    k = _at_least(DEFAULT_K if k is None else k, "k")
+    rerank = _at_least(max(DEFAULT_RERANK, k) if rerank is None else rerank, "rerank", least=0)
     if rerank == 0:
         return "retrieve_top", {"query": queries, "k": k}
     return "search_top", {"query": queries, "k": k, "rerank": rerank}

@@ -83,8 +83,8 @@ def ablate(
         gc.collect()  # Keras models hold reference cycles: freed now, not at some later collection
         return kept
 
-    # text_only first for every seed: its features (the same for every seed) are then dropped
-    # before the photo modes, instead of being held through them (0.6 GB more on dev_colour, #33).
+    # text_only first for every seed (a later seed reuses its features: the same encoders), so
+    # they are dropped before any photo mode runs. The two-seed peak did not move with it (#33).
     text_features: dict = {}
     for seed in seeds if "text_only" in modes else ():
         text_features = run_one("text_only", seed, text_features)

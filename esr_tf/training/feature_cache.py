@@ -42,6 +42,7 @@ from esr_tf.training.encoder_pass import (
 
 log = logging.getLogger("esr_tf.training")
 
+
 def shared_tensor(array: np.ndarray) -> tf.Tensor:
     """`array` as a tensor for a dataset to gather from, sharing the array's memory.
 
@@ -53,8 +54,6 @@ def shared_tensor(array: np.ndarray) -> tf.Tensor:
     if not is_aligned(array) or array.dtype != np.float32:
         raise ValueError("shared_tensor: the array must be an aligned float32 array (aligned_empty)")
     return tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-
-
 
 
 def targets(labels, gains) -> dict:
