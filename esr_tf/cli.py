@@ -164,14 +164,14 @@ def cmd_export(args) -> int:
     )
     print(f"exported {path}")
     if not args.no_verify:
-        return cmd_verify(argparse.Namespace(export_dir=str(path), no_cpp=args.no_cpp))
+        return cmd_verify(argparse.Namespace(export_dir=str(path), no_cpp=args.no_cpp, listing=args.verbose))
     return 0
 
 
 def cmd_verify(args) -> int:
     from esr_tf.export.verify import verify_and_print
 
-    return verify_and_print(args.export_dir, cpp=not args.no_cpp)
+    return verify_and_print(args.export_dir, cpp=not args.no_cpp, signatures=getattr(args, "listing", True))
 
 
 def cmd_summary(args) -> int:
