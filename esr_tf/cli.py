@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from esr_tf.bench.cli import add_bench_command
 from esr_tf.constants import MISSING_IMAGE_POLICIES, STRATEGIES
 from esr_tf.logs.cli import add_logs_commands
 from esr_tf.quiet import VERBOSE_ENV, fit_verbose, quiet_tensorflow
@@ -34,14 +35,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="catalogue folder, or 'demo' (config field data)")
     p.add_argument("--strategy", choices=STRATEGIES)
     p.add_argument("--epochs", type=int)
+    p.add_argument("--logs", help="search logs to train on instead of judged pairs (config field logs)")
 
 
 def _overwrite_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="start fresh in --out, removing an earlier run's backup/, checkpoints, logs and model",
-    )
+    p.add_argument("--overwrite", action="store_true",
+                   help="start fresh in --out, removing an earlier run's backup/, checkpoints, logs and model")
 
 
 def _seed_list(text: str) -> tuple[int, ...]:
@@ -63,6 +62,7 @@ def _config(args):
         ("data", "data"),
         ("strategy", "strategy"),
         ("epochs", "epochs"),
+        ("logs", "logs"),
     ):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
@@ -201,32 +201,6 @@ def cmd_prepare(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    if args.suite == "main":
-        from esr_tf.bench.run import run_benchmarks
-
-        run_benchmarks(args.out, quick=args.quick)
-        return 0
-    if args.suite == "scale":
-        from esr_tf.bench.scale import run_scale_bench as run
-    elif args.suite == "search":
-        from esr_tf.search.bench import run_search_bench as run
-    elif args.suite == "precision":
-        from esr_tf.bench.precision import run_precision_bench
-
-        def run(out, quick):
-            return run_precision_bench(out, quick=quick, data=args.data, model=args.model)
-    else:
-        from esr_tf.bench.product_text import run_text_bench
-
-        def run(out, quick):
-            return run_text_bench(out, quick=quick, data=args.data)
-
-    run(args.out, quick=args.quick)
-    print((Path(args.out) / f"{args.suite}.md").read_text(), end="")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esr-tf", description="Multimodal e-commerce search relevance (ESCI)."
@@ -261,20 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.set_defaults(func=cmd_summary)
 
-    p = sub.add_parser("bench", help="benchmarks: pipeline, training, serving, cached features, C++")
-    p.add_argument("--out", default="esr_bench")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions")
-    p.add_argument("--suite", default="main", choices=("main", "search", "scale", "text", "precision"),
-                   help="main: bench.json (pipeline, training, serving); search: search.json (catalogue "
-                        "search); scale: scale.json (training memory and speed at 10k-200k pairs); text: "
-                        "text.json (what product fields and sequence length cost per pair); precision: "
-                        "precision.json (the feature pass in float32 against bfloat16: speed, agreement)")
-    p.add_argument("--data", default=None,
-                   help="text and precision suites: a catalogue folder (default: the demo shop)")
-    p.add_argument("--model", default=None,
-                   help="precision suite: a trained model.keras whose head's agreement is measured "
-                        "(default: the untrained default model)")
-    p.set_defaults(func=cmd_bench)
+    add_bench_command(sub)
     for p in sub.choices.values():
         p.add_argument(
             "-v",

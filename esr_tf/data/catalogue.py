@@ -75,13 +75,15 @@ class Product:
 
 @dataclass(frozen=True, slots=True)
 class Example:
-    """One judged pair: `label` indexes `Catalogue.label_set.names`."""
+    """One judged pair: `label` indexes `Catalogue.label_set.names`; `weight` scales its loss
+    (1 for human judgments; weak labels from search logs carry their confidence, `esr_tf.logs`)."""
 
     query: str
     query_id: str
     product_id: str
     label: int
     split: str
+    weight: float = 1.0
 
 
 def normalize_query(query: str) -> str:
@@ -277,7 +279,7 @@ class Catalogue:
         """Column arrays over the examples of `split` (all when None), products joined in.
 
         Keys: query, query_id, product_id, title, description, brand, color, bullets, image
-        (resolved path or ""), split (object arrays of str) and label (int32).
+        (resolved path or ""), split (object arrays of str), label (int32) and weight (float32).
 
         `label_set`: number the labels as this set does (a model's, matched by name or code)
         instead of as `self.label_set`; `CatalogueError` names labels it lacks.
@@ -304,6 +306,7 @@ class Catalogue:
             "bullets": col(p.bullets for p in products),
             "image": col(p.image for p in products),
             "label": labels,
+            "weight": np.asarray([e.weight for e in examples], dtype=np.float32).reshape(-1),
             "split": col(e.split for e in examples),
         }
 

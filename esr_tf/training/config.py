@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from esr_tf.constants import FEATURE_STORE_FORMATS, MISSING_IMAGE_POLICIES, STRATEGIES
+from esr_tf.logs.weak_labels import LogLabelConfig
 from esr_tf.models.config import ModelConfig
 from esr_tf.models.precision import PRECISIONS as FEATURE_PASS_PRECISIONS
 from esr_tf.validation import ConfigError, check_bool, check_float, check_int, check_str
@@ -122,6 +123,9 @@ class TrainConfig:
         deterministic: fixed tf.data order and op determinism (slower).
         model: a `ModelConfig`.
         retrieval: a `RetrievalConfig` (the two-tower model for catalogue search).
+        logs: search logs (impressions, `esr_tf.logs.read`) to train and validate on instead of
+            the catalogue's judged train / valid pairs; its test split stays for evaluation.
+        log_labels: a `LogLabelConfig`: how logged behaviour becomes weak labels and weights.
     """
 
     data: str = "demo"
@@ -149,6 +153,8 @@ class TrainConfig:
     deterministic: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    logs: str = ""
+    log_labels: LogLabelConfig = field(default_factory=LogLabelConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.mixed_precision, bool):  # YAML 1.1 / JSON spellings of on / off
@@ -167,6 +173,7 @@ class TrainConfig:
         self.data = check_str("data", self.data)
         self.out_dir = check_str("out_dir", self.out_dir)
         self.feature_store = check_str("feature_store", self.feature_store, empty=True)
+        self.logs = check_str("logs", self.logs, empty=True)
         self.seed = check_int("seed", self.seed, low=0, high=2**32 - 1)
         self.epochs = check_int("epochs", self.epochs, low=1, high=100_000)
         self.batch_size = check_int("batch_size", self.batch_size, low=1, high=65_536)

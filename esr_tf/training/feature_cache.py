@@ -120,7 +120,8 @@ class Batching:
     """How a feature backend batches a split for `head_model()`: the options of `dataset()`,
     the same for both backends (`BackboneFeatures` in RAM, `FeatureStore` on disk).
 
-    `class_weights`: one weight per label (or none); `with_labels`: `(x, targets[, weights])`
+    `class_weights`: one weight per label (or none); `example_weights`: one per example, in the
+    split's order, multiplied in (weak labels' confidence, `esr_tf.logs`); `with_labels`: `(x, targets[, weights])`
     or `x` alone; `workers`: MultiWorkerMirroredStrategy workers reading it; each batch's text
     is cut to its longest example, rounded up to `length_multiple` (`length_multiple_for` the
     compiled model; None keeps the full sequence length).
@@ -131,11 +132,21 @@ class Batching:
     seed: int = 0
     repeat: bool = False
     class_weights: np.ndarray | None = None
+    example_weights: np.ndarray | None = None
     with_labels: bool = True
     gains: tuple[float, ...] = ESCI.gains
     drop_remainder: bool = False
     workers: int = 1
     length_multiple: int | None = 1
+
+
+def sample_weights(o: Batching, labels: np.ndarray) -> np.ndarray | None:
+    """Each example's loss weight under `o`: its class weight times its own; None for neither."""
+    w = None if o.class_weights is None else np.asarray(o.class_weights, np.float32)[labels]
+    if o.example_weights is None:
+        return w
+    own = np.asarray(o.example_weights, np.float32)
+    return own if w is None else w * own
 
 
 class FeatureSource(Protocol):
@@ -276,7 +287,7 @@ class BackboneFeatures:
         x["sequence_output"] = shared_tensor(self.sequence_output)
         parts: tuple = ()
         if o.with_labels:
-            w = None if o.class_weights is None else np.asarray(o.class_weights, np.float32)[self.labels]
+            w = sample_weights(o, self.labels)
             parts = tf.nest.map_structure(tf.constant, targets_and_weights(self.labels, o.gains, w))
         ds = tf.data.Dataset.range(len(self))
         if o.shuffle:

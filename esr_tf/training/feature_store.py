@@ -151,6 +151,8 @@ class FeatureStore:
         shards would give workers different numbers of validation steps).
         """
         o = Batching(**options)
+        if o.example_weights is not None:  # records are read in shard order, not the split's
+            raise ValueError("the feature store does not carry per-example weights: train from logs in RAM")
         by_file = o.workers > 1 and o.repeat and len(self.splits[split].files) >= o.workers
         ds = self._records(split, o.shuffle, o.seed, shuffle_buffer, deterministic=o.workers > 1 and not by_file)
         if o.repeat:

@@ -56,7 +56,7 @@ def catalogue_digest(catalogue: Catalogue) -> str:
         p = catalogue.products[e.product_id]
         image = Path(p.image).name if p.image else ""
         fields = (e.query, e.query_id, e.product_id, names[e.label], e.split, p.title, p.description,
-                  p.brand, p.color, image)
+                  p.brand, p.color, image) + ((f"{e.weight:.6g}",) if e.weight != 1.0 else ())
         h.update(("\x1f".join(fields) + "\x1e").encode("utf-8", "surrogatepass"))
     return f"{len(catalogue.examples)} examples, sha256 {h.hexdigest()[:16]}"
 

@@ -221,11 +221,18 @@ def prepare_run(
         tf.config.experimental.enable_op_determinism()
     _set_precision(config)
     catalogue = catalogue or load_training_data(config)
+    logs_summary = None
+    if config.logs:  # train / valid from the search logs' weak labels, the judged test split kept
+        from esr_tf.logs.weak_labels import catalogue_from_logs
+
+        catalogue, logs_summary = catalogue_from_logs(catalogue, config.logs, config.log_labels)
     for split in ("train", "valid"):
         if not len(catalogue.select(split)):
             raise TrainingError(f"the catalogue at {catalogue.root} has no '{split}' examples")
     prepare_out_dir(out, run_fingerprint(config, catalogue), overwrite=overwrite)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if logs_summary:
+        (out / "weak_labels.json").write_text(json.dumps(logs_summary, indent=2) + "\n")
     return strategy, config, catalogue
 
 
@@ -240,6 +247,9 @@ def build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distri
         steps = math.ceil(len(train_labels) / config.batch_size)
         loss = RelevanceLoss(num_labels, config.loss, config.focal_gamma, config.label_smoothing)
         cached = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable
+        if config.logs and (not cached or config.feature_store):
+            raise ConfigError("logs: training from logs needs frozen backbones, cache_features and no "
+                              "feature_store (the weak labels' weights ride with the features in RAM)")
         fitted = model.head_model() if cached else model
         fitted.compile(
             optimizer=make_optimizer(config, steps),
@@ -276,6 +286,12 @@ def backbone_features(
                                               precision=config.feature_pass_precision)
 
 
+def own_weights(columns: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The examples' own weights (weak labels from logs), or None where all are 1."""
+    w = columns.get("weight")
+    return None if w is None or not len(w) or bool(np.all(w == 1.0)) else w
+
+
 def training_datasets(
     config: TrainConfig,
     trainee: Trainee,
@@ -296,8 +312,10 @@ def training_datasets(
         common = {"gains": gains, "workers": num_workers(strategy),
                   "length_multiple": None if full_length else length_multiple_for(trainee.fitted)}
         train_ds = train_feats.dataset(batch_size=config.batch_size, shuffle=True, seed=config.seed, repeat=True,
-                                       class_weights=weights, **common)
-        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi, **common)
+                                       class_weights=weights, example_weights=own_weights(trainee.parts["train"]),
+                                       **common)
+        return train_ds, valid_feats.dataset(batch_size=valid_batch, drop_remainder=multi,
+                                             example_weights=own_weights(trainee.parts["valid"]), **common)
     # distribute: workers shard the data by element, so all must see the same order.
     same_order = config.deterministic or multi
     pre = trainee.model.preprocessor

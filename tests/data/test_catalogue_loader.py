@@ -36,9 +36,10 @@ def test_loads_csv(make_catalogue):
     assert cat.image_problems == {} and cat.fixes == {}
     cols = cat.columns()
     assert set(cols) == {"query", "query_id", "product_id", "title", "description", "brand",
-                         "color", "bullets", "image", "label", "split"}
+                         "color", "bullets", "image", "label", "weight", "split"}
     assert cols["label"].dtype == np.int32
-    assert all(cols[k].dtype == object for k in cols if k != "label")
+    assert cols["weight"].dtype == np.float32 and (cols["weight"] == 1).all()  # judged pairs weigh 1
+    assert all(cols[k].dtype == object for k in cols if k not in ("label", "weight"))
     assert cols["title"][0] == "Red canvas sneaker"
     # Derived query ids and splits are stable functions of the query text.
     assert cols["query_id"][0] == derive_query_id("red sneaker") == derive_query_id(" Red  SNEAKER")

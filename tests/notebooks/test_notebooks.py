@@ -106,12 +106,13 @@ def test_readme_is_a_front_door_and_its_pages_exist():
 
 def test_readme_configuration_reference_matches_the_dataclasses():
     """The configuration reference (docs/configuration.md, linked from the README)."""
+    from esr_tf.logs.weak_labels import LogLabelConfig
     from esr_tf.models.builder import ModelConfig
     from esr_tf.training.config import TrainConfig
 
     reference = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     rows = dict(re.findall(r"^\| `([\w.]+)` \| `([^`]*)` \|", reference, flags=re.M))
-    for cls, prefix in ((TrainConfig, ""), (ModelConfig, "model.")):
+    for cls, prefix in ((TrainConfig, ""), (ModelConfig, "model."), (LogLabelConfig, "log_labels.")):
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if dataclasses.is_dataclass(default):
