@@ -42,6 +42,8 @@ from esr_tf.search.catalogue import IndexArrays, embed_catalogue
 from esr_tf.search.graph import CatalogueSearch
 from esr_tf.search.index import write_index
 from esr_tf.search.towers import build_two_tower
+from esr_tf.training.feature_store import FeatureStore
+from esr_tf.training.stored_photos import StoredPhotos
 
 SIZES = {False: (10_000, 100_000, 1_000_000), True: (2_000, 10_000)}
 QUERIES = {False: 40, True: 8}
@@ -146,6 +148,27 @@ def _size_row(model, towers, size: int, queries: int) -> dict:
     return row
 
 
+def _stored_build(model, towers, shop: Path, products: list, computed: IndexArrays, out: Path) -> dict:
+    """The build again, warm, side by side: computing every photo, and reading the photos a
+    training feature store holds (written here untimed over the catalogue's judged pairs, as
+    `train` with `feature_store` does); how far the stored float16 maps move the tokens."""
+    catalogue = load_catalogue(shop, missing_images="no_image")
+    parts = {split: catalogue.columns(split) for split in catalogue.splits()}
+    with tempfile.TemporaryDirectory(dir=out) as root:
+        FeatureStore.build(model, parts, root)
+        stored = StoredPhotos.find(model, root)
+        times, token_diff = {}, 0.0
+        for name, source in (("computed", None), ("stored", stored), ("computed_again", None)):
+            start = time.perf_counter()
+            arrays = embed_catalogue(model, towers, products, stored=source)
+            times[name] = 1000 * (time.perf_counter() - start) / len(products)
+            if source is not None:
+                token_diff = float(np.abs(arrays.photo_tokens - computed.photo_tokens).max())
+    return {"build_warm_ms_per_product": (times["computed"] + times["computed_again"]) / 2,
+            "build_stored_ms_per_product": times["stored"], "photos_stored": len(stored or ()),
+            "stored_token_max_abs_diff": token_diff}
+
+
 def _build_cost(model, towers, out: Path, quick: bool) -> dict:
     """Index build seconds per product on real demo-shop products, and the export's size."""
     shop = generate_demo_shop(out / "demo_shop", size="small" if quick else "default")
@@ -155,7 +178,8 @@ def _build_cost(model, towers, out: Path, quick: bool) -> dict:
     embed_s = time.perf_counter() - start
     cost = {"products": len(products), "photos": len(arrays.photo_tokens) - 1,
             "build_ms_per_product": 1000 * embed_s / len(products),
-            "catalogue_bytes_per_product": arrays.nbytes / len(products)}
+            "catalogue_bytes_per_product": arrays.nbytes / len(products),
+            **_stored_build(model, towers, shop, products, arrays, out)}
     if quick:  # the export itself is the slow part (tracing every signature): full runs only
         return cost
     with tempfile.TemporaryDirectory(dir=out) as base:
@@ -204,7 +228,10 @@ def search_markdown(result: dict) -> str:
     b = result["build"]
     size = f"export {b['export_bytes'] / 1e6:.1f} MB in all" if "export_bytes" in b else "no export (quick run)"
     lines.append(f"\nIndex build: {b['build_ms_per_product']:.1f} ms per product ({b['products']} demo-shop products, "
-                 f"{b['photos']} photos); {size}. "
+                 f"{b['photos']} photos; the first build in the process, tracing included); warm, side by side: "
+                 f"{b['build_warm_ms_per_product']:.1f} ms computing every photo, "
+                 f"{b['build_stored_ms_per_product']:.1f} ms reading {b['photos_stored']} photos' maps from a "
+                 f"training feature store (tokens within {b['stored_token_max_abs_diff']:.1e}); {size}. "
                  f"Load average before / after: {result['load_average']['before']} / "
                  f"{result['load_average']['after']}.")
     return "\n".join(lines) + "\n"

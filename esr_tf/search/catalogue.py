@@ -23,6 +23,7 @@ import numpy as np
 from esr_tf.constants import PRODUCT_TEXT_FIELDS
 from esr_tf.search.embeddings import photo_tokens, product_vectors
 from esr_tf.search.towers import product_tower
+from esr_tf.training.stored_photos import StoredPhotos
 
 
 class IndexBuildError(ValueError):
@@ -58,12 +59,14 @@ def models_digest(*models) -> str:
     return digest.hexdigest()
 
 
-def embed_catalogue(model, towers, products: Sequence, batch_size: int = 256) -> IndexArrays:
-    """Index arrays of `products` (`data.Product`s), each photo file encoded once."""
+def embed_catalogue(model, towers, products: Sequence, batch_size: int = 256,
+                    stored: StoredPhotos | None = None) -> IndexArrays:
+    """Index arrays of `products` (`data.Product`s), each photo file encoded once (read from
+    `stored`, a training run's feature store, where it holds the photo)."""
     products = list(products)
     if not products:
         raise IndexBuildError("no products to index")
-    tokens, rows = photo_tokens(model, [p.image for p in products])
+    tokens, rows = photo_tokens(model, [p.image for p in products], stored=stored)
     vectors = product_vectors(model, [p.title for p in products], tokens, rows)
     embeddings = product_tower(towers).predict(vectors, batch_size=batch_size, verbose=0)
     return IndexArrays(

@@ -36,6 +36,27 @@ def _load_models(args):
     return model, keras.saving.load_model(retrieval)
 
 
+def stored_photos_for(model, args):
+    """Photo feature maps to reuse: `--feature-store`, else the training run's own store (its
+    config.json next to --model names it), when it holds maps of this model's encoders."""
+    from esr_tf.training.stored_photos import StoredPhotos
+
+    root = args.feature_store
+    config = Path(args.model).parent / "config.json"
+    if root is None and config.is_file():
+        root = json.loads(config.read_text(encoding="utf-8")).get("feature_store") or None
+    if not root:
+        return None
+    if not Path(root).is_dir():
+        if args.feature_store:
+            raise FileNotFoundError(f"--feature-store {root}: no such folder")
+        return None
+    stored = StoredPhotos.find(model, root)
+    print(f"feature store {root}: " + (f"{len(stored):,} photos' feature maps to reuse" if stored else
+                                       "nothing written by this model's encoders; computing every photo"))
+    return stored
+
+
 def cmd_index(args) -> int:
     from esr_tf.data import load_catalogue, load_products, read_product_ids
     from esr_tf.search.blend import describe
@@ -48,18 +69,19 @@ def cmd_index(args) -> int:
         raise UsageError("--add / --remove write the next version; --version / --overwrite / --judgments are "
                          "for --data")
     model, towers = _load_models(args)
+    stored = stored_photos_for(model, args)
     if updating:
         add = list(load_products(args.add, missing_images=args.missing_images).values()) if args.add else []
         if args.add and not add:
             raise UsageError(f"{args.add}: no products to add")
         remove = read_product_ids(args.remove) if args.remove else []
         path = update_search_index(model, towers, args.base, args.name, add=add, remove=remove,
-                                   source=str(args.add or args.remove))
+                                   source=str(args.add or args.remove), stored=stored)
     else:
         catalogue = load_catalogue(args.data, missing_images=args.missing_images, label_set=model.label_set)
         path = export_search_index(model, towers, list(catalogue.products.values()), args.base, model_name=args.name,
                                    version=args.version, overwrite=args.overwrite, source=str(args.data),
-                                   choose_on=catalogue, qrels=args.judgments)
+                                   choose_on=catalogue, qrels=args.judgments, stored=stored)
     info = json.loads((path / "assets.extra" / "esr_tf_index.json").read_text())
     print(f"indexed {info['products']} products ({info['photos']} photos) in {path}")
     if "rerank" in info:
@@ -161,6 +183,8 @@ def add_search_commands(sub) -> None:
     p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
     p.add_argument("--judgments", metavar="QRELS", help="complete judgments (query_id,product_id,label) for the "
                    "valid queries that choose how search blends the model's score with retrieval's (with --data)")
+    p.add_argument("--feature-store", metavar="DIR", help="a training feature store whose photo feature maps "
+                   "are reused (default: the run's own, from config.json next to --model)")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--no-cpp", action="store_true")
     p.set_defaults(func=cmd_index)

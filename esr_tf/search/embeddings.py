@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from esr_tf.search.towers import sentence_embedding
 from esr_tf.training.encoder_pass import distinct_photos, photo_feature_maps
+from esr_tf.training.stored_photos import StoredPhotos
 
 # One traced function per (model, kind), kept as long as the model: a new `tf.function` on every
 # call retraced each time (TF's "triggered retracing" warning in the retrieval stage, #33).
@@ -59,12 +60,26 @@ def text_embeddings(model, texts: Sequence[str], batch_size: int = 128) -> np.nd
 PHOTO_CHUNK = 1024
 
 
-def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _feature_maps(model, paths: list[str], batch_size: int, stored: StoredPhotos | None) -> np.ndarray:
+    """The image backbone's maps of `paths`: read from `stored` where it has them, else computed."""
+    known = np.array([p in stored for p in paths], bool) if stored is not None else np.zeros(len(paths), bool)
+    if not known.any():
+        return photo_feature_maps(model, paths, batch_size)
+    maps = np.empty((len(paths), *model.image_encoder.output.shape[1:]), np.float32)
+    maps[known] = stored.maps([p for p, k in zip(paths, known, strict=True) if k])
+    if not known.all():
+        maps[~known] = photo_feature_maps(model, [p for p, k in zip(paths, known, strict=True) if not k], batch_size)
+    return maps
+
+
+def photo_tokens(model, paths: Sequence[str], batch_size: int = 32,
+                 stored: StoredPhotos | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(`[U + 1, P, H]` float32 image tokens, `[N]` int32 row of each path).
 
     Row 0 is "no photo" (zeros), row i + 1 the i-th distinct photo of `distinct_photos`, whose
-    feature maps come from the training features' own encoder pass (`photo_feature_maps`) and
-    go through the model's `image_tokens`. `text_only` models read no photo: one zero row.
+    feature maps come from the training features' own encoder pass (`photo_feature_maps`), or
+    from a feature store that holds them (`stored`), and go through the model's `image_tokens`.
+    `text_only` models read no photo: one zero row.
     """
     paths = [str(p) for p in paths]
     unique = distinct_photos({"image": np.array(paths, dtype=object)}) if model.reads_photos else []
@@ -81,7 +96,7 @@ def photo_tokens(model, paths: Sequence[str], batch_size: int = 32) -> tuple[np.
     # Feature maps are ~10x the size of the tokens (7x7x1283 vs 49x128 floats): encode and project
     # a chunk at a time, so that RAM holds the token table and one chunk of maps, not every map.
     for chunk in range(0, len(unique), PHOTO_CHUNK):
-        maps = photo_feature_maps(model, unique[chunk : chunk + PHOTO_CHUNK], batch_size)
+        maps = _feature_maps(model, unique[chunk : chunk + PHOTO_CHUNK], batch_size, stored)
         for start in range(0, len(maps), batch_size):
             rows_at = 1 + chunk + start
             table[rows_at : rows_at + batch_size] = project(tf.constant(maps[start : start + batch_size])).numpy()

@@ -47,6 +47,7 @@ from esr_tf.search.catalogue import (
 from esr_tf.search.graph import CatalogueSearch
 from esr_tf.search.requests import search_warmup_records
 from esr_tf.serving.requests import WARMUP_FILE_NAME, write_warmup_file
+from esr_tf.training.stored_photos import StoredPhotos
 
 INDEX_INFO_FILE = "esr_tf_index.json"
 
@@ -106,12 +107,13 @@ def _info(model, towers, arrays: IndexArrays, source: str) -> dict:
 
 def export_search_index(model, towers, products: Sequence, base_dir: str | Path, *, model_name: str = "search",
                         version: int | None = None, overwrite: bool = False, source: str = "",
-                        choose_on=None, qrels: str | Path | None = None) -> Path:
+                        choose_on=None, qrels: str | Path | None = None, stored: StoredPhotos | None = None) -> Path:
     """Embeds `products` (`data.Product`s) and writes a search index version; returns its path.
 
     `choose_on`: a catalogue whose valid queries choose how `search` blends the model's score with
-    retrieval's (`search.blend`, judged by `qrels` if given); without one the model's order alone."""
-    arrays = embed_catalogue(model, towers, products)
+    retrieval's (`search.blend`, judged by `qrels` if given); without one the model's order alone.
+    `stored`: photo feature maps a feature store holds (`StoredPhotos`), read instead of computed."""
+    arrays = embed_catalogue(model, towers, products, stored=stored)
     return write_index(model, towers, arrays, base_dir, model_name=model_name, version=version,
                        overwrite=overwrite, source=source, choose_on=choose_on, qrels=qrels)
 
@@ -138,10 +140,10 @@ def latest_version(base_dir: str | Path, model_name: str) -> Path:
 
 
 def update_search_index(model, towers, base_dir: str | Path, model_name: str, *, add: Sequence = (),
-                        remove: Iterable[str] = (), source: str = "") -> Path:
+                        remove: Iterable[str] = (), source: str = "", stored: StoredPhotos | None = None) -> Path:
     """The next version of the latest index: `add` products embedded (same id: replaced),
     `remove` ids dropped; the other products keep their stored vectors."""
-    new = embed_catalogue(model, towers, add) if len(add) else None
+    new = embed_catalogue(model, towers, add, stored=stored) if len(add) else None
     digest = models_digest(model, towers)
 
     def write(target: Path) -> None:  # under the export lock: no other version lands in between

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ def photo_table(model, encoder, folder: Path, paths: list[str], batch_size: int,
     table = folder / f"photos-{digest[:16]}.npy"
     if not table.exists():
         atomic_write(table, lambda tmp: _write_photo_table(model, encoder, paths, tmp, batch_size, verbose))
+    listing = table.with_suffix(".paths.json")  # the rows by path: what `esr-tf index` reuses
+    if not listing.exists():
+        atomic_write(listing, lambda tmp: Path(tmp).write_text(json.dumps(paths), encoding="utf-8"))
     return np.load(table, mmap_mode="r"), rows, digest
 
 

@@ -120,8 +120,8 @@ def test_a_log_trained_model_gives_a_search_index_that_verifies_in_cpp(tiny_conf
     from esr_tf.search.index import export_search_index
     from esr_tf.training.trainer import train
 
-    config = replace(tiny_config, logs=str(simulated), out_dir=str(tmp_path / "run"),
-                     retrieval=replace(tiny_config.retrieval, epochs=5))
+    config = replace(tiny_config, logs=str(simulated), out_dir=str(tmp_path / "run"), epochs=1,
+                     retrieval=replace(tiny_config.retrieval, epochs=2))
     result = train(config, catalogue=tiny_catalogue, verbose=0)
     summary = json.loads((result.out_dir / "weak_labels.json").read_text())
     assert summary["pairs"] == len(result.catalogue.select("train")) + len(result.catalogue.select("valid"))
