@@ -93,16 +93,13 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     result = train(config, overwrite=args.overwrite, verbose=fit_verbose())
-    report = evaluate_model(
-        result.model,
-        result.catalogue,
-        split="test",
-        out_dir=result.out_dir,
-        history=result.history,
-        features=result.features.get("test"),
-    )
-    print(f"saved {result.model_path}; test {format_intervals(report)}")
-    print(f"metrics in {result.out_dir / 'metrics.json'}")
+    if result.catalogue.select("test"):  # trained from logs, a catalogue may judge no test pair
+        report = evaluate_model(result.model, result.catalogue, split="test", out_dir=result.out_dir,
+                                history=result.history, features=result.features.get("test"))
+        print(f"saved {result.model_path}; test {format_intervals(report)}")
+        print(f"metrics in {result.out_dir / 'metrics.json'}")
+    else:
+        print(f"saved {result.model_path}; the catalogue has no judged test pairs: nothing evaluated")
     if result.retrieval_metrics:
         recall = result.retrieval_metrics.get("test") or result.retrieval_metrics.get("valid") or {}
         shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items() if k.startswith("recall"))

@@ -306,6 +306,7 @@ def load_catalogue(
     missing_images: str = "error",
     label_set: LabelSet = ESCI,
     max_text_chars: int = 2000,
+    require_examples: bool = True,
 ) -> Catalogue:
     """Loads a catalogue folder (`products` + `examples`, CSV or JSONL; see the module docs).
 
@@ -317,6 +318,8 @@ def load_catalogue(
         label_set: the label vocabulary (`ESCI` by default).
         max_text_chars: longer texts are cut to this length, counted in
             `Catalogue.fixes["text_truncated"]`.
+        require_examples: False: a folder without an examples file loads with no examples
+            (training from search logs needs the products alone).
     """
     root = Path(path)
     if not root.is_dir():
@@ -326,7 +329,8 @@ def load_catalogue(
     fix = TextFixer(max_text_chars, fixes)
     images = ImagePolicy(missing_images)
     products = _read_products(read_table(_find(root, "products")), root, fix, images)
-    examples = _read_examples(read_table(_find(root, "examples")), products, label_set, fix)
+    judged = require_examples or any((root / f"examples{s}").is_file() for s in (".csv", ".jsonl"))
+    examples = _read_examples(read_table(_find(root, "examples")), products, label_set, fix) if judged else []
     return Catalogue.loaded(root, root, products, examples, label_set, images.problems, fixes)
 
 

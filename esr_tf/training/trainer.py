@@ -81,7 +81,9 @@ def load_training_data(config: TrainConfig) -> Catalogue:
         label_set = LabelSet.coerce(config.model.label_set)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model.label_set: {e}") from None
-    return load_catalogue(folder, missing_images=config.missing_images, label_set=label_set)
+    # from logs, the judged pairs are only for evaluation: a folder may have none
+    return load_catalogue(folder, missing_images=config.missing_images, label_set=label_set,
+                          require_examples=not config.logs)
 
 
 def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:

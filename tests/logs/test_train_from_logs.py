@@ -154,3 +154,26 @@ def test_the_logs_bench_summary_pairs_the_models_seed_by_seed():
     worse = summarise([run(0, 0.93) | {"values": {**run(0, 0.93)["values"], "labels": {"ndcg@10": 0.8,
                                                                                          "macro_f1": 0.8}}}])
     assert np.isnan(worse["share_of_the_way"]["per_seed"][0])  # labels below the logger: no way to go
+
+
+@pytest.mark.slow
+def test_train_from_logs_on_a_folder_of_products_alone(tiny_catalogue, simulated, tmp_path, capsys):
+    import shutil
+
+    from esr_tf.cli import main
+    from esr_tf.data import load_catalogue
+    from esr_tf.models.builder import TINY_MODEL
+
+    shop = tmp_path / "shop"
+    shop.mkdir()
+    shutil.copy(tiny_catalogue.root / "products.csv", shop)
+    shutil.copytree(tiny_catalogue.root / "images", shop / "images")
+    with pytest.raises(Exception, match="no examples.csv"):
+        load_catalogue(shop)
+    assert not load_catalogue(shop, missing_images="no_image", require_examples=False).examples
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({"epochs": 1, "model": TINY_MODEL, "retrieval": {"epochs": 0}}))
+    code = main(["train", "--config", str(config), "--data", str(shop), "--logs", str(simulated),
+                 "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert "no judged test pairs: nothing evaluated" in capsys.readouterr().out
