@@ -24,7 +24,7 @@ from esr_tf.labels import ESCI, LabelSet
 
 __version__ = "0.1.0"
 
-# name -> module that defines it: data, model, train / evaluate, export / verify, search.
+# name -> module that defines it: data, model, train / evaluate, export / verify, search, logs.
 _API = {
     "load_catalogue": "esr_tf.data",
     "generate_demo_shop": "esr_tf.data",
@@ -41,6 +41,10 @@ _API = {
     "export_search_index": "esr_tf.search.index",
     "update_search_index": "esr_tf.search.index",
     "SearchClient": "esr_tf.search.client",
+    "simulate_logs": "esr_tf.logs.simulate",
+    "aggregate_logs": "esr_tf.logs.read",
+    "estimate_propensities": "esr_tf.logs.propensity",
+    "catalogue_from_logs": "esr_tf.logs.weak_labels",
 }
 __all__ = ["ESCI", "LabelSet", "__version__", *_API]
 
