@@ -106,8 +106,7 @@ def weak_pairs(counts: LogCounts, propensities: np.ndarray, rules: LogLabelConfi
     click_rate = np.bincount(pairs, counts.clicks, size) / per_look
     purchase_rate = np.bincount(pairs, counts.purchases, size) / per_look
     examined = np.bincount(pairs, counts.impressions * p, size)
-    first = np.zeros(size, np.int64)
-    first[pairs[::-1]] = np.arange(len(pairs))[::-1]  # one entry of each pair, for its names
+    first = np.unique(pairs, return_index=True)[1]  # each pair's first entry, for its names
     codes = rules.codes(click_rate, purchase_rate)
     weights = np.minimum(1.0, examined / rules.full_weight_at).astype(np.float32)
     return WeakPairs(counts.queries[first], counts.product_ids[first], codes, weights, click_rate, purchase_rate)
