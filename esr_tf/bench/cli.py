@@ -30,7 +30,7 @@ def cmd_bench(args) -> int:
         from esr_tf.logs.bench import run_logs_bench
 
         def run(out, quick):
-            return run_logs_bench(out, quick=quick, data=args.data)
+            return run_logs_bench(out, quick=quick, data=args.data, sessions=args.sessions)
     else:
         from esr_tf.bench.product_text import run_text_bench
 
@@ -57,4 +57,5 @@ def add_bench_command(sub) -> None:
     p.add_argument("--model", default=None,
                    help="precision suite: a trained model.keras whose head's agreement is measured "
                         "(default: the untrained default model)")
+    p.add_argument("--sessions", type=int, default=20_000, help="logs suite: simulated sessions per seed")
     p.set_defaults(func=cmd_bench)
