@@ -18,7 +18,7 @@ HEAVY_FIRST = (
     "tests/search/test_search_index.py",
     "tests/reliability/test_training_faults.py",  # ~210 s
     "tests/notebooks/test_notebooks.py",  # ~200 s
-    "tests/logs/test_train_from_logs.py",  # ~150 s: a log-trained index verified in C++
+    "tests/logs/test_train_from_logs.py",  # a log-trained model's index, verified
     "tests/models/test_presets_and_legacy.py",
     "tests/bench/test_bench_smoke.py",
     "tests/training/test_trainer.py",

@@ -112,7 +112,7 @@ def test_example_weights_multiply_the_class_weights():
 
 
 @pytest.mark.slow
-def test_a_log_trained_model_gives_a_search_index_that_verifies_in_cpp(tiny_config, tiny_catalogue, simulated,
+def test_a_log_trained_model_gives_a_search_index_that_verifies(tiny_config, tiny_catalogue, simulated,
                                                                        tmp_path):
     import keras
 
@@ -121,16 +121,18 @@ def test_a_log_trained_model_gives_a_search_index_that_verifies_in_cpp(tiny_conf
     from esr_tf.training.trainer import train
 
     config = replace(tiny_config, logs=str(simulated), out_dir=str(tmp_path / "run"), epochs=1,
-                     retrieval=replace(tiny_config.retrieval, epochs=2))
+                     retrieval=replace(tiny_config.retrieval, epochs=1))
     result = train(config, catalogue=tiny_catalogue, verbose=0)
     summary = json.loads((result.out_dir / "weak_labels.json").read_text())
     assert summary["pairs"] == len(result.catalogue.select("train")) + len(result.catalogue.select("valid"))
     towers = keras.saving.load_model(result.out_dir / "retrieval.keras")
     index = export_search_index(result.model, towers, list(result.catalogue.products.values()),
                                 tmp_path / "models", model_name="shop")
-    report = verify_export(index)
+    # The TF + TF-Text process on every signature; the C++ client runs this kind of export in
+    # test_search_index (the graph is the same, only the weights differ): not twice in the suite.
+    report = verify_export(index, cpp=False)
     assert report["ok"], report
-    assert {c["signature"] for c in report["cpp"]["checks"]} == set(report["load"]["signatures"])
+    assert {"search", "search_top", "retrieve_top"} <= set(report["load"]["signatures"])
 
 
 def test_the_logs_bench_summary_pairs_the_models_seed_by_seed():
