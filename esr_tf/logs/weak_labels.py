@@ -18,6 +18,11 @@ The label, by the first rule that holds (thresholds are `LogLabelConfig` fields)
 | Complement | click rate >= `complement_click` |
 | Irrelevant | otherwise: examined, rarely clicked |
 
+With `labels: "posterior"` (the default) these rules' labels only start the latent-label click
+model (`esr_tf.logs.label_model`), and each pair becomes one example per label holding at least
+`MIN_SHARE` of its posterior, weighted by that share: the cross-entropy against the posterior,
+which weighs how often the pair was seen instead of a threshold on its rate.
+
 The weight says how sure the pair's rate is: its expected examinations (`sum(p_i)`; corrected
 or not, `n` times the same) over `full_weight_at`, at most 1. Pairs of the judged test queries
 are left out, so that evaluation stays on unseen queries; the rest split into train and valid by
@@ -36,9 +41,14 @@ from pathlib import Path
 import numpy as np
 
 from esr_tf.data.catalogue import Catalogue, Example, derive_query_id, hash_fraction, normalize_query
+from esr_tf.logs.label_model import fit_label_model
 from esr_tf.logs.propensity import estimate_propensities, pair_index
 from esr_tf.logs.read import LogCounts, LogError, aggregate_logs
 from esr_tf.validation import ConfigError, check_bool, check_float
+
+CODES = ("E", "S", "C", "I")  # the label model's order
+LABEL_KINDS = ("posterior", "rules")
+MIN_SHARE = 0.05  # a pair's labels below this share of its posterior are dropped (fewer rows)
 
 
 @dataclass
@@ -54,6 +64,8 @@ class LogLabelConfig:
             module docstring, rates per examination.
         full_weight_at: expected examinations at which a pair gets the full weight 1.
         valid_fraction: share of the logged queries kept for validation.
+        labels: `"posterior"` (each pair's labels as the latent-label click model's posterior,
+            `esr_tf.logs.label_model`, started from the rules) or `"rules"` (the rules' label alone).
     """
 
     correct: bool = True
@@ -64,9 +76,12 @@ class LogLabelConfig:
     complement_click: float = 0.12
     full_weight_at: float = 5.0
     valid_fraction: float = 0.15
+    labels: str = "posterior"
 
     def __post_init__(self) -> None:
         self.correct = check_bool("log_labels.correct", self.correct)
+        if self.labels not in LABEL_KINDS:
+            raise ConfigError(f"log_labels.labels must be one of {LABEL_KINDS}, got {self.labels!r}")
         for name in ("clip", "exact_click", "exact_purchase", "substitute_click", "complement_click",
                      "valid_fraction"):
             value = check_float(f"log_labels.{name}", getattr(self, name), low=0, high=1, low_open=True)
@@ -90,10 +105,12 @@ class WeakPairs:
 
     queries: np.ndarray
     product_ids: np.ndarray
-    codes: np.ndarray  # "E" / "S" / "C" / "I"
+    codes: np.ndarray  # "E" / "S" / "C" / "I": the rules', or the posterior's most likely
     weights: np.ndarray  # float32 in (0, 1]
     click_rates: np.ndarray
     purchase_rates: np.ndarray
+    shares: np.ndarray  # [P, 4] each label's share of the pair (E S C I): one-hot under the rules
+    label_model: dict | None = None  # the fitted rates, under "posterior"
 
 
 def weak_pairs(counts: LogCounts, propensities: np.ndarray, rules: LogLabelConfig) -> WeakPairs:
@@ -109,7 +126,24 @@ def weak_pairs(counts: LogCounts, propensities: np.ndarray, rules: LogLabelConfi
     first = np.unique(pairs, return_index=True)[1]  # each pair's first entry, for its names
     codes = rules.codes(click_rate, purchase_rate)
     weights = np.minimum(1.0, examined / rules.full_weight_at).astype(np.float32)
-    return WeakPairs(counts.queries[first], counts.product_ids[first], codes, weights, click_rate, purchase_rate)
+    number = {code: i for i, code in enumerate(CODES)}
+    start = np.fromiter((number[c] for c in codes), np.int64, len(codes))
+    shares, fitted = np.eye(len(CODES))[start], None
+    if rules.labels == "posterior":
+        model = fit_label_model(pairs, counts.impressions, counts.clicks, counts.carts, counts.purchases,
+                                p if rules.correct else np.ones_like(p), start, size)
+        shares, fitted = model.posteriors, model.summary()
+        codes = np.array(CODES, dtype=object)[shares.argmax(axis=1)]
+    return WeakPairs(counts.queries[first], counts.product_ids[first], codes, weights, click_rate, purchase_rate,
+                     shares, fitted)
+
+
+def _rows(shares: np.ndarray, weight: float) -> list[tuple[str, float]]:
+    """(code, weight) per label with at least `MIN_SHARE` of the pair, its shares renormalised:
+    a pair split over labels this way is the cross-entropy against its posterior."""
+    keep = shares >= MIN_SHARE
+    kept = shares[keep] / shares[keep].sum()
+    return [(CODES[i], float(weight * s)) for i, s in zip(np.flatnonzero(keep), kept, strict=True)]
 
 
 def catalogue_from_logs(catalogue: Catalogue, logs: str | Path, rules: LogLabelConfig) -> tuple[Catalogue, dict]:
@@ -126,19 +160,21 @@ def catalogue_from_logs(catalogue: Catalogue, logs: str | Path, rules: LogLabelC
                        f"not {catalogue.label_set.codes}")
     held_out = {normalize_query(e.query) for e in catalogue.select("test")}
     examples, skipped = [], 0
-    for query, product, code, weight in zip(pairs.queries, pairs.product_ids, pairs.codes, pairs.weights,
-                                            strict=True):
+    for query, product, shares, weight in zip(pairs.queries, pairs.product_ids, pairs.shares, pairs.weights,
+                                              strict=True):
         key = normalize_query(query)
         if key in held_out:
             skipped += 1
             continue
         split = "valid" if hash_fraction(key, "logs") < rules.valid_fraction else "train"
-        examples.append(Example(query, derive_query_id(query), product, index[code], split, float(weight)))
+        examples += [Example(query, derive_query_id(query), product, index[code], split, w)
+                     for code, w in _rows(shares, weight)]
     learned = replace(catalogue, examples=examples + catalogue.select("test"))
     for split in ("train", "valid"):
         if not learned.select(split):
             raise LogError(f"{logs}: no logged query left for the '{split}' split (test queries are left out)")
-    summary = {"logs": str(logs), "impressions": counts.rows, "sessions": counts.sessions, "pairs": len(examples),
+    summary = {"logs": str(logs), "impressions": counts.rows, "sessions": counts.sessions,
+               "pairs": len(pairs.codes) - skipped, "examples": len(examples), "label_model": pairs.label_model,
                "pairs_of_test_queries_left_out": skipped, "propensities": propensities.round(4).tolist(),
                "labels": {s: learned.label_counts(s) for s in ("train", "valid")}, "rules": vars(rules).copy()}
     return learned, summary
