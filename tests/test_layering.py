@@ -37,7 +37,7 @@ LAYERS = {
 SEARCH_LAYERS = {"towers": 4, "embeddings": 4, "fit": 4, "catalogue": 5, "graph": 5, "index": 5, "evaluate": 5,
                  "blend": 5, "judgments": 5, "requests": 5, "client": 5, "bench": 6, "cli": 7}
 # Search logs (#32): reading, simulating and the click model over catalogues; commands with the CLI.
-LOGS_LAYERS = {"read": 1, "propensity": 1, "simulate": 1, "weak_labels": 1, "bench": 6, "cli": 7}
+LOGS_LAYERS = {"read": 1, "propensity": 1, "label_model": 1, "simulate": 1, "weak_labels": 1, "bench": 6, "cli": 7}
 PACKAGE_LAYERS = {"search": SEARCH_LAYERS, "logs": LOGS_LAYERS}
 
 

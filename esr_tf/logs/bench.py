@@ -7,7 +7,8 @@ are scored on the catalogue's judged test split, which the logs never show:
 
 - `labels`: trained on the human judgments (the ceiling);
 - `uncorrected`: trained on the logs' weak labels from raw rates (`log_labels.correct=false`);
-- `corrected`: the same with inverse propensity weights (the default of `train --logs`);
+- `rules`: corrected rates, the rules' label alone per pair (`log_labels.labels=rules`);
+- `corrected`: corrected rates, each pair as its posterior (the default of `train --logs`);
 
 and the logging ranker itself (the simulator's noisy truth, grade + N(0, noise^2)) is scored on
 the same test lists, its nDCG@10 the mean over 20 draws. Intervals are the query bootstrap of
@@ -45,7 +46,7 @@ from esr_tf.training.evaluate import predict_features
 from esr_tf.training.metrics import query_stats
 from esr_tf.training.trainer import train
 
-MODELS = ("labels", "uncorrected", "corrected")
+MODELS = ("labels", "uncorrected", "rules", "corrected")
 METRICS = ("ndcg@10", "macro_f1")
 LOGGER_DRAWS = 20
 RESAMPLES = 1000
@@ -57,7 +58,8 @@ def _train_and_score(data: Path, out: Path, seed: int, model: str, logs: Path, e
     overrides = [f"data={data}", f"seed={seed}", f"out_dir={out}", "retrieval.epochs=0"]
     overrides += [f"epochs={epochs}"] if epochs else []
     if model != "labels":
-        overrides += [f"logs={logs}", f"log_labels.correct={'true' if model == 'corrected' else 'false'}"]
+        overrides += [f"logs={logs}", f"log_labels.correct={'false' if model == 'uncorrected' else 'true'}",
+                      f"log_labels.labels={'rules' if model == 'rules' else 'posterior'}"]
     result = train(parse_config(None, overrides), verbose=0, overwrite=True)
     columns = result.catalogue.columns("test", label_set=result.model.label_set)
     predicted = predict_features(result.model, result.features["test"])
@@ -113,7 +115,9 @@ def summarise(runs: list[dict]) -> dict:
                              "ci95": percentile_interval(np.mean([r["samples"][name][m] for r in runs], axis=0))}
                          for m in METRICS if m in runs[0]["values"][name]}
     differences = []
-    for a, b in (("corrected", "logging ranker"), ("corrected", "uncorrected"), ("corrected", "labels")):
+    pairs = (("corrected", "logging ranker"), ("corrected", "uncorrected"), ("corrected", "rules"),
+             ("corrected", "labels"))
+    for a, b in pairs:
         for m in METRICS:
             if m not in runs[0]["values"][b]:
                 continue

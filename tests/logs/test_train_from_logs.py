@@ -140,7 +140,8 @@ def test_the_logs_bench_summary_pairs_the_models_seed_by_seed():
 
     def run(seed, corrected):
         values = {"labels": {"ndcg@10": 0.95, "macro_f1": 0.8}, "uncorrected": {"ndcg@10": 0.80, "macro_f1": 0.3},
-                  "corrected": {"ndcg@10": corrected, "macro_f1": 0.6}, "logging ranker": {"ndcg@10": 0.85}}
+                  "rules": {"ndcg@10": 0.88, "macro_f1": 0.5}, "corrected": {"ndcg@10": corrected, "macro_f1": 0.6},
+                  "logging ranker": {"ndcg@10": 0.85}}
         samples = {name: {m: np.full(50, v) for m, v in row.items()} for name, row in values.items()}
         return {"seed": seed, "values": values, "samples": samples, "propensity_max_error": 0.01}
 
@@ -150,6 +151,7 @@ def test_the_logs_bench_summary_pairs_the_models_seed_by_seed():
     assert versus["logging ranker", "ndcg@10"]["mean"] == pytest.approx(0.07)
     assert versus["logging ranker", "ndcg@10"]["ci95"] == pytest.approx([0.07, 0.07])
     assert ("logging ranker", "macro_f1") not in versus  # a ranker has no classes
+    assert versus["rules", "ndcg@10"]["per_seed"] == pytest.approx([0.05, 0.03])
     text = markdown({**result, "data": "demo shop", "sessions": 20_000, "eta": 1.0, "noise": 1.0, "seeds": [0, 1],
                      "memory": [], "load_before": [1.0], "load_after": [1.0]})
     assert "| corrected − logging ranker | ndcg@10 | +0.070 ± 0.014" in text
