@@ -86,13 +86,20 @@ def load_training_data(config: TrainConfig) -> Catalogue:
                           require_examples=not config.logs)
 
 
-def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str) -> np.ndarray:
-    """Per-label weights: ones, or inverse frequency normalised to mean 1 over examples."""
+def class_weight_vector(labels: np.ndarray, num_labels: int, mode: str,
+                        example_weights: np.ndarray | None = None) -> np.ndarray:
+    """Per-label weights: ones, or inverse frequency normalised to mean 1 over examples.
+
+    With `example_weights` (weak labels from logs: a pair split over its posterior's labels) a
+    label's frequency is the sum of its examples' weights, not their count: a pair's 6 % share
+    of Complement is not a Complement example.
+    """
     if mode == "none":
         return np.ones(num_labels, np.float32)
-    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    own = np.ones(len(labels)) if example_weights is None else np.asarray(example_weights, np.float64)
+    counts = np.bincount(labels, own, minlength=num_labels)
     present = max(1, int((counts > 0).sum()))
-    weights = np.where(counts > 0, len(labels) / (present * np.maximum(counts, 1)), 0.0)
+    weights = np.where(counts > 0, own.sum() / (present * np.where(counts > 0, counts, 1.0)), 0.0)
     return weights.astype(np.float32)
 
 
@@ -245,7 +252,7 @@ def build_trainee(config: TrainConfig, catalogue: Catalogue, strategy: tf.distri
         parts = training_parts(config, catalogue, model)
         train_labels = parts["train"]["label"]
         num_labels = model.label_set.num_labels
-        weights = class_weight_vector(train_labels, num_labels, config.class_weights)
+        weights = class_weight_vector(train_labels, num_labels, config.class_weights, own_weights(parts["train"]))
         steps = math.ceil(len(train_labels) / config.batch_size)
         loss = RelevanceLoss(num_labels, config.loss, config.focal_gamma, config.label_smoothing)
         cached = config.cache_features and not model.text_backbone.trainable and not model.image_backbone.trainable

@@ -56,6 +56,11 @@ def test_balanced_class_weights():
     assert w[0] < w[1] and w[2] == 0.0 and w[3] == 0.0
     np.testing.assert_allclose((w[np.array([0, 0, 0, 1])]).mean(), 1.0)
     np.testing.assert_array_equal(class_weight_vector(np.array([0, 1]), 4, "none"), np.ones(4))
+    # weighted examples (a pair split over labels): a label's frequency is its weight, not its rows
+    labels, own = np.array([0, 1, 1, 1]), np.array([1.0, 0.1, 0.1, 0.8])
+    weighted = class_weight_vector(labels, 4, "balanced", own)
+    np.testing.assert_allclose(weighted[:2], [1.0, 1.0])  # 1.0 of each: balanced already
+    np.testing.assert_allclose((weighted[labels] * own).sum(), own.sum())
 
 
 def test_fit_writes_model_history_and_checkpoints(tiny_trained):
