@@ -48,8 +48,10 @@ def judged_catalogue(name: str, out: Path, demo_size: str) -> tuple[Path, Path]:
     raise SystemExit(f"{folder}: no complete judgments (qrels.csv, or attributes.csv + queries.csv)")
 
 
-def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list[str]) -> dict:
-    """Train, index (blend chosen on valid), evaluate test at every N; the run's figures."""
+def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list[str],
+            train_data: Path | None = None) -> dict:
+    """Train (on `train_data` when given, else `folder`), index `folder` (blend chosen on its
+    valid queries), evaluate its test queries at every N; the run's figures."""
     import keras
 
     from esr_tf.data import load_catalogue
@@ -59,7 +61,8 @@ def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list
     from esr_tf.training.config import parse_config
     from esr_tf.training.trainer import train
 
-    config = parse_config({"data": str(folder), "seed": seed, "out_dir": str(run_dir / "train")}, overrides)
+    config = parse_config({"data": str(train_data or folder), "seed": seed, "out_dir": str(run_dir / "train")},
+                          overrides)
     result = train(config, verbose=0)
     model, towers = load_model(result.model_path), keras.saving.load_model(run_dir / "train" / "retrieval.keras")
     del result
@@ -156,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--demo-size", default="default")
     parser.add_argument("--set", action="append", default=[], help="config override for training, e.g. epochs=1")
+    parser.add_argument("--train-data", default=None,
+                        help="train on this catalogue instead (one --data: a judged view of it, e.g. "
+                             "tools/qrels_dev_colour.py's)")
     args = parser.parse_args(argv)
+    if args.train_data and "," in args.data:
+        parser.error("--train-data goes with one --data folder")
     from esr_tf.quiet import quiet_tensorflow
 
     quiet_tensorflow()  # as the esr-tf command starts TensorFlow: no start-up chatter
@@ -169,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = out / Path(name).name / f"seed_{seed}"
             done = run_dir / "search_quality.json"
             if not done.is_file():
-                row = one_run(folder, qrels, seed, run_dir, args.set)
+                row = one_run(folder, qrels, seed, run_dir, args.set,
+                              Path(args.train_data) if args.train_data else None)
                 done.write_text(json.dumps(row, indent=2) + "\n")
                 gc.collect()
             row = json.loads(done.read_text())
