@@ -63,3 +63,28 @@ def test_dev_variants_qrels_from_its_attributes(tmp_path):
     rows = _rows(tmp_path / "qrels.csv")
     exact = {r["query_id"] for r in rows if r["label"] == "E"}
     assert len(exact) == len(_rows(source / "queries.csv"))  # every query has its exact products
+
+
+def test_dev_colour_view_is_judged_completely(tmp_path):
+    """tools/qrels_dev_colour.py on the shared development set, when it is there: a catalogue
+    that loads, whose qrels read, and whose queries' exact products are the ones they were judged with."""
+    import importlib.util
+    from pathlib import Path
+
+    from esr_tf.data import load_catalogue
+
+    repo = Path(__file__).resolve().parents[2]
+    source = repo.parent / "shared" / "data" / "dev_colour"
+    if not (source / "queries.csv").is_file():
+        pytest.skip(f"the shared dev_colour catalogue is not at {source}")
+    spec = importlib.util.spec_from_file_location("qrels_dev_colour", repo / "tools" / "qrels_dev_colour.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    view = tmp_path / "view"
+    assert tool.main(str(source), str(view)) == 0  # it checks every judged pair it keeps
+    catalogue = load_catalogue(view)
+    assert 1000 < len(catalogue.products) < 6404
+    judged_exact = {(e.query_id, e.product_id) for e in catalogue.examples if catalogue.label_set.codes[e.label] == "E"}
+    listed_exact = {(r["query_id"], r["product_id"]) for r in _rows(view / "qrels.csv") if r["label"] == "E"}
+    assert listed_exact == judged_exact
+    assert read_qrels(view / "qrels.csv", catalogue, "test")
