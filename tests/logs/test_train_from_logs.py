@@ -124,7 +124,7 @@ def test_a_log_trained_model_gives_a_search_index_that_verifies(tiny_config, tin
                      retrieval=replace(tiny_config.retrieval, epochs=1))
     result = train(config, catalogue=tiny_catalogue, verbose=0)
     summary = json.loads((result.out_dir / "weak_labels.json").read_text())
-    assert summary["pairs"] == len(result.catalogue.select("train")) + len(result.catalogue.select("valid"))
+    assert summary["examples"] == len(result.catalogue.select("train")) + len(result.catalogue.select("valid"))
     towers = keras.saving.load_model(result.out_dir / "retrieval.keras")
     index = export_search_index(result.model, towers, list(result.catalogue.products.values()),
                                 tmp_path / "models", model_name="shop")
