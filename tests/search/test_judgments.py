@@ -47,18 +47,24 @@ def test_bad_qrels_rows_are_named(tiny_catalogue, tmp_path, text, where):
     assert where.format(**fill) in str(error.value)
 
 
-def test_dev_variants_qrels_from_its_attributes(tmp_path):
-    """tools/qrels_dev_variants.py on the shared development set, when it is there."""
+def _shared_and_tool(name: str, needed: str, tool_name: str):
+    """(the shared development set `name`, the repository tool `tool_name` loaded), or a skip."""
     import importlib.util
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    source = repo.parent / "shared" / "data" / "dev_variants"
-    if not (source / "attributes.csv").is_file():
-        pytest.skip(f"the shared dev_variants catalogue is not at {source}")
-    spec = importlib.util.spec_from_file_location("qrels_dev_variants", repo / "tools" / "qrels_dev_variants.py")
+    source = repo.parent / "shared" / "data" / name
+    if not (source / needed).is_file():
+        pytest.skip(f"the shared {name} catalogue is not at {source}")
+    spec = importlib.util.spec_from_file_location(tool_name, repo / "tools" / f"{tool_name}.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return source, tool
+
+
+def test_dev_variants_qrels_from_its_attributes(tmp_path):
+    """tools/qrels_dev_variants.py on the shared development set, when it is there."""
+    source, tool = _shared_and_tool("dev_variants", "attributes.csv", "qrels_dev_variants")
     assert tool.main(str(source), str(tmp_path / "qrels.csv")) == 0  # it checks every judged pair
     rows = _rows(tmp_path / "qrels.csv")
     exact = {r["query_id"] for r in rows if r["label"] == "E"}
@@ -68,18 +74,9 @@ def test_dev_variants_qrels_from_its_attributes(tmp_path):
 def test_dev_colour_view_is_judged_completely(tmp_path):
     """tools/qrels_dev_colour.py on the shared development set, when it is there: a catalogue
     that loads, whose qrels read, and whose queries' exact products are the ones they were judged with."""
-    import importlib.util
-    from pathlib import Path
-
     from esr_tf.data import load_catalogue
 
-    repo = Path(__file__).resolve().parents[2]
-    source = repo.parent / "shared" / "data" / "dev_colour"
-    if not (source / "queries.csv").is_file():
-        pytest.skip(f"the shared dev_colour catalogue is not at {source}")
-    spec = importlib.util.spec_from_file_location("qrels_dev_colour", repo / "tools" / "qrels_dev_colour.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    source, tool = _shared_and_tool("dev_colour", "queries.csv", "qrels_dev_colour")
     view = tmp_path / "view"
     assert tool.main(str(source), str(view)) == 0  # it checks every judged pair it keeps
     catalogue = load_catalogue(view)
