@@ -35,7 +35,8 @@ LAYERS = {
 # their fit run inside `train` (training), the index graph, its export and clients next to the
 # other exports, its benchmark with the benchmarks and its commands with the CLI.
 SEARCH_LAYERS = {"towers": 4, "embeddings": 4, "fit": 4, "catalogue": 5, "graph": 5, "index": 5, "evaluate": 5,
-                 "blend": 5, "judgments": 5, "requests": 5, "client": 5, "bench": 6, "cli": 7}
+                 "blend": 5, "ranking": 5, "list_head": 5, "judgments": 5, "requests": 5, "client": 5, "bench": 6,
+                 "cli": 7}
 # Search logs (#32): reading, simulating and the click model over catalogues; commands with the CLI.
 LOGS_LAYERS = {"read": 1, "propensity": 1, "label_model": 1, "simulate": 1, "weak_labels": 1, "bench": 6, "cli": 7}
 PACKAGE_LAYERS = {"search": SEARCH_LAYERS, "logs": LOGS_LAYERS}

@@ -3,12 +3,13 @@
     python tools/search_quality.py --data demo,../shared/data/dev_variants --seeds 0,1,2 --out sq_runs
 
 Per catalogue and seed, what a user runs: `esr-tf train --data C --set seed=S` (the defaults),
-`esr-tf index --data C --judgments QRELS` (the blend weight chosen on the valid queries), then
+`esr-tf index --data C --judgments QRELS` (the ranking chosen on the valid queries), then
 `esr-tf search --evaluate --split test --judgments QRELS` at re-rank N in {20, 50, 100} and over
 the whole catalogue. Complete judgments: the demo shop's `qrels.csv` (the shop is generated with
 seed 0 once; only the training seed varies), a folder's own `qrels.csv`, or dev_variants'
 attribute files (`tools/qrels_dev_variants.py`). Writes `search_quality.json` (every run) and
-`search_quality.md` (mean ± sd over seeds). Runs already in `--out` are read back, not redone.
+`search_quality.md` (mean ± sd over seeds). Runs already in `--out` are read back, not redone;
+a run folder with its trained models but no `search_quality.json` is indexed and scored again.
 """
 
 from __future__ import annotations
@@ -61,17 +62,18 @@ def one_run(folder: Path, qrels: Path, seed: int, run_dir: Path, overrides: list
     from esr_tf.training.config import parse_config
     from esr_tf.training.trainer import train
 
-    config = parse_config({"data": str(train_data or folder), "seed": seed, "out_dir": str(run_dir / "train")},
-                          overrides)
-    result = train(config, verbose=0)
-    model, towers = load_model(result.model_path), keras.saving.load_model(run_dir / "train" / "retrieval.keras")
-    del result
+    trained = run_dir / "train"
+    if not (trained / "retrieval.keras").is_file():  # a run's models are kept: re-indexing reuses them
+        config = parse_config({"data": str(train_data or folder), "seed": seed, "out_dir": str(trained)}, overrides)
+        train(config, verbose=0)
+        gc.collect()
+    model, towers = load_model(trained / "model.keras"), keras.saving.load_model(trained / "retrieval.keras")
     catalogue = load_catalogue(folder, label_set=model.label_set)
     path = export_search_index(model, towers, list(catalogue.products.values()), run_dir / "index",
                                model_name="search", overwrite=True, version=1, source=str(folder),
                                choose_on=catalogue, qrels=qrels)
     info = json.loads((path / "assets.extra" / "esr_tf_index.json").read_text())
-    row = {"seed": seed, "rerank_weight": info["rerank"]["rerank_weight"], "valid": info["rerank"]}
+    row = {"seed": seed, "ranking": info["rerank"]["ranking"], "valid": info["rerank"]}
     for n in RERANKS:
         report = evaluate_search(path, catalogue, split="test", rerank=n, upper_bound=n == RERANKS[-1], qrels=qrels)
         row.update(queries=report["queries"], products=report["catalogue_products"],
@@ -139,9 +141,9 @@ def markdown(results: dict[str, list[dict]]) -> str:
         label = f"{Path(name).name} ({rows[0]['queries']}, {rows[0]['products']})"
         for key in ("recall@10", "ndcg@10"):
             lines.append(f"| {label} | {key} | " + " | ".join(_cell(rows, p, key) for p in parts) + " |")
-        weights = ", ".join(str(r["rerank_weight"]) for r in rows)
+        chosen = ", ".join(r["ranking"] for r in rows)
         recall100 = _cell(rows, "retrieval", next(k for k in rows[0]["retrieval"] if k not in ("recall@10", "ndcg@10")))
-        lines.append(f"| {label} | blend weight per seed; retrieval recall@100 | {weights} | {recall100} | | | |")
+        lines.append(f"| {label} | ranking chosen per seed; retrieval recall@100 | {chosen} | {recall100} | | | |")
     for name, rows in results.items():
         if all("product_relations" in r for r in rows):
             figures = [k for k in rows[0]["product_relations"] if k != "products"]

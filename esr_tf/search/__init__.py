@@ -9,6 +9,8 @@ One package for the whole capability (keras-rs style, a module a role):
 - `catalogue`: `IndexArrays`, `embed_catalogue`, `merge`, `read_index`;
 - `graph`: `CatalogueSearch`, the servable graph (`search`, `search_top`, `similar_products`,
   `complements`);
+- `ranking`, `list_head`, `blend`: the key `search` orders re-ranked products by, the list head
+  fitted on retrieval's lists, and the choice between it and the blends on valid;
 - `index`: `export_search_index` / `update_search_index` (versioned SavedModels, `--add` / `--remove`);
 - `evaluate`: recall / nDCG over the whole catalogue; `client`: `SearchClient` (in process);
 - `requests`: REST / gRPC bodies and warm-up records; `cli`: `esr-tf index` / `esr-tf search`;

@@ -1,17 +1,22 @@
-"""How `search` orders the products it re-ranks: the model's score blended with retrieval's (#31).
+"""How `search` orders the products it re-ranks, chosen on the valid queries (#31).
 
-`search` / `search_top` rank the `rerank` products retrieval found by
-`weight * score + (1 - weight) * cosine` (`score`: the relevance model's expected gain; `cosine`:
-the retrieval score). Weight 1 is the model's order alone, 0 retrieval's own. The model was
-trained on judged candidate lists, not on ordering a whole catalogue, so its order can be worse
-than retrieval's; `choose_rerank_weight` picks the weight on a split the model did not train on
-(valid) by nDCG@10 over the whole catalogue, so search cannot end below retrieval alone there.
-`esr-tf index --data` does this and records the choice in the index (`esr_tf_index.json`).
+`search` / `search_top` rank the `rerank` products retrieval found by `features @ rank_weights`
+(`search.ranking`: retrieval's cosine, the model's log-probabilities and score). The candidates:
+
+- the blends `weight x score + (1 - weight) x cosine` for weight 0, 0.1, ..., 1 (0: retrieval's
+  order, 1: the model's alone);
+- the list head (`search.list_head`), fitted on the train queries' own candidate lists.
+
+The model was trained on judged candidate lists, not on ordering a whole catalogue, so its order
+can be worse than retrieval's; `choose_ranking` picks the candidate with the best nDCG@10 over
+the whole catalogue on a split neither the model nor the head trained on (valid), so search
+cannot end below retrieval alone there. `esr-tf index --data` does this and records the choice in
+the index (`esr_tf_index.json`).
 
 Example:
->>> choice = choose_rerank_weight(search, catalogue)  # doctest: +SKIP
->>> choice["rerank_weight"], choice["valid_queries"]  # doctest: +SKIP
-(0.2, 22)
+>>> choice = choose_ranking(search, catalogue)  # doctest: +SKIP
+>>> choice["ranking"], choice["valid_queries"]  # doctest: +SKIP
+('list head', 22)
 """
 
 from __future__ import annotations
@@ -23,60 +28,90 @@ import tensorflow as tf
 
 from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
 from esr_tf.search.evaluate import list_metrics
-from esr_tf.search.judgments import judgments
+from esr_tf.search.judgments import Judged, judged_pairs, judgments
+from esr_tf.search.list_head import MAX_QUERIES, fit_list_head
+from esr_tf.search.ranking import blend_weights, rank_features
 
-WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # the grid, 0 (retrieval) .. 1 (the model)
-
-
-def _candidates(search, query: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(product ids, model scores, cosines) of retrieval's top `n` for `query`, at weight 1."""
-    out = search.search_top(tf.constant([query]), tf.constant(n, tf.int32), tf.constant(n, tf.int32))
-    ids = np.array([p.decode() for p in out["product_ids"].numpy()[0]], dtype=object)
-    return ids, out["scores"].numpy()[0].astype(np.float64), out["retrieval_scores"].numpy()[0].astype(np.float64)
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # the blend grid, 0 (retrieval) .. 1 (the model)
+LIST_HEAD = "list head"
 
 
-def choose_rerank_weight(search, catalogue, *, split: str = "valid", qrels: str | Path | None = None,
-                         rerank: int = DEFAULT_RERANK, k: int = DEFAULT_K) -> dict:
-    """The `WEIGHTS` value with the best mean nDCG@k (then recall@k; ties: the smaller weight,
-    nearer retrieval's order) on `split`'s queries, each ranking retrieval's top `rerank`.
-
-    `search`: a `CatalogueSearch` (its weight is left as it was). Returns `rerank_weight`,
-    the judgments used, and per weight the mean recall@k / nDCG@k; weight 1 (the model alone)
-    when no query of `split` has an exact product."""
-    judged, kind = judgments(catalogue, split, qrels)
-    if not judged:
-        return {"rerank_weight": 1.0, "chosen_on": f"no {split} query has an exact product: the model's order"}
-    n, k = min(rerank, search.size), min(k, search.size)
-    exact_gain = float(max(catalogue.label_set.gains))
-    metrics = {w: [] for w in WEIGHTS}
-    before = search.catalogue.rerank_weight.numpy()
-    search.catalogue.rerank_weight.assign(1.0)  # `scores` are then the model's own
+def candidate_lists(search, judged: Judged, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """(product ids per query, features `[Q, n, F]`) of retrieval's top `n` for `judged`'s queries."""
+    before = search.catalogue.rank_weights.numpy()
+    search.catalogue.rank_weights.assign(blend_weights(1.0, len(before) - 2))  # `scores`: the model's own
+    ids, features = [], []
     try:
-        for query, labels in judged.values():
-            ids, score, cosine = _candidates(search, query, n)
-            for w in WEIGHTS:
-                order = np.argsort(-(w * score + (1 - w) * cosine), kind="stable")
-                metrics[w].append(list_metrics(list(ids[order]), labels, exact_gain, k))
+        for query, _ in judged.values():
+            out = search.search_top(tf.constant([query]), tf.constant(n, tf.int32), tf.constant(n, tf.int32))
+            ids.append(np.array([p.decode() for p in out["product_ids"].numpy()[0]], dtype=object))
+            features.append(rank_features(out["retrieval_scores"][0], out["probabilities"][0],
+                                          out["scores"][0]).numpy())
     finally:
-        search.catalogue.rerank_weight.assign(before)
-    mean = {w: np.mean(v, axis=0) for w, v in metrics.items()}
-    best = max(WEIGHTS, key=lambda w: (round(mean[w][1], 9), round(mean[w][0], 9), -w))
+        search.catalogue.rank_weights.assign(before)
+    return ids, np.stack(features) if features else np.zeros((0, n, len(before)), np.float32)
+
+
+def fit_on_train(search, catalogue, n: int, split: str = "train") -> tuple[np.ndarray | None, int]:
+    """(list head weights or None, train queries used): the catalogue's judged pairs of `split`
+    (what the model trained on; unjudged candidates gain 0), at most `MAX_QUERIES` queries."""
+    judged = judged_pairs(catalogue, split)
+    if len(judged) > MAX_QUERIES:
+        keep = sorted(str(q) for q in np.random.default_rng(0).choice(sorted(judged), MAX_QUERIES, replace=False))
+        judged = {q: judged[q] for q in keep}
+    ids, features = candidate_lists(search, judged, n)
+    gains = np.array([[labels.get(p, 0.0) for p in row] for row, (_, labels) in zip(ids, judged.values(), strict=True)],
+                     np.float32).reshape(len(ids), n)
+    if not (gains > 0).any():
+        return None, 0
+    return fit_list_head(features, gains), len(judged)
+
+
+def choose_ranking(search, catalogue, *, split: str = "valid", qrels: str | Path | None = None,
+                   rerank: int = DEFAULT_RERANK, k: int = DEFAULT_K) -> dict:
+    """The candidate ranking (see the module doc) with the best mean nDCG@k (then recall@k; ties:
+    the earlier candidate, nearer retrieval's order) on `split`'s queries, each ranking retrieval's
+    top `rerank`. `search`: a `CatalogueSearch` (its weights are left as they were).
+
+    Returns `ranking` (its name), `rank_weights`, the judgments used, and per candidate the mean
+    recall@k / nDCG@k; the model's order alone when no query of `split` has an exact product."""
+    judged, kind = judgments(catalogue, split, qrels)
+    num_labels = catalogue.label_set.num_labels
+    if not judged:
+        return {"ranking": "blend 1.0", "rank_weights": blend_weights(1.0, num_labels).tolist(),
+                "chosen_on": f"no {split} query has an exact product: the model's order"}
+    n, k = min(rerank, search.size), min(k, search.size)
+    candidates = {f"blend {w}": blend_weights(w, num_labels) for w in WEIGHTS}
+    head, fit_queries = fit_on_train(search, catalogue, n)
+    if head is not None:
+        candidates[LIST_HEAD] = head
+    exact_gain = float(max(catalogue.label_set.gains))
+    ids, features = candidate_lists(search, judged, n)
+    mean = {}
+    for name, weights in candidates.items():
+        orders = np.argsort(-(features @ weights), axis=1, kind="stable")
+        mean[name] = np.mean([list_metrics(list(row[order]), labels, exact_gain, k)
+                              for row, order, (_, labels) in zip(ids, orders, judged.values(), strict=True)], axis=0)
+    names = list(candidates)
+    best = max(names, key=lambda c: (round(mean[c][1], 9), round(mean[c][0], 9), -names.index(c)))
     return {
-        "rerank_weight": best,
+        "ranking": best,
+        "rank_weights": [round(float(w), 6) for w in candidates[best]],
         "chosen_on": f"{split} split, {len(judged)} queries, best nDCG@{k} (then recall@{k}) re-ranking {n}",
         "judgments": kind,
         "valid_queries": len(judged),
-        "by_weight": {str(w): {f"recall@{k}": round(float(m[0]), 4), f"ndcg@{k}": round(float(m[1]), 4)}
-                      for w, m in mean.items()},
+        "list_head_train_queries": fit_queries,
+        "by_candidate": {c: {f"recall@{k}": round(float(m[0]), 4), f"ndcg@{k}": round(float(m[1]), 4)}
+                         for c, m in mean.items()},
     }
 
 
 def describe(choice: dict) -> str:
-    """One line for the CLI: the weight and what it was chosen on."""
-    by = choice.get("by_weight")
-    if not by:
-        return f"re-rank weight {choice['rerank_weight']} ({choice['chosen_on']})"
-    ndcg = next(key for key in by["1.0"] if key.startswith("ndcg"))
-    return (f"re-rank weight {choice['rerank_weight']} (model score x weight + retrieval cosine x (1 - weight); "
-            f"{choice['chosen_on']}: {ndcg} {by[str(choice['rerank_weight'])][ndcg]:.3f}, the model alone "
-            f"{by['1.0'][ndcg]:.3f}, retrieval alone {by['0.0'][ndcg]:.3f})")
+    """One line for the CLI: the ranking chosen and what it was chosen on."""
+    by, name = choice.get("by_candidate"), choice.get("ranking", f"blend {choice.get('rerank_weight', 1.0)}")
+    if not by:  # no valid queries, or an index recorded before the list head (a blend weight)
+        return f"re-ranking: {name} ({choice.get('chosen_on', 'recorded in the index')})"
+    ndcg = next(key for key in by["blend 1.0"] if key.startswith("ndcg"))
+    head = f", the list head {by[LIST_HEAD][ndcg]:.3f}" if LIST_HEAD in by else ""
+    return (f"re-ranking: {name} ({choice['chosen_on']}: {ndcg} {by[name][ndcg]:.3f}; "
+            f"the model alone {by['blend 1.0'][ndcg]:.3f}, retrieval alone {by['blend 0.0'][ndcg]:.3f}{head})")

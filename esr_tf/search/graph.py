@@ -9,8 +9,9 @@ stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
 - `search(query)` / `search_top(query, k, rerank)`: the query tower's vector against every
   product (exact brute force: one matmul and `top_k`; `k` is dynamic, which keras_rs's
   `BruteForceRetrieval` layer does not allow), the best `rerank` of them scored by the
-  cross-attention model on the cached image tokens, the best `k` of those by its `score` blended
-  with the cosine (`rerank_weight`, chosen on valid by `search.blend`; 1: the score alone);
+  cross-attention model on the cached image tokens, the best `k` of those by `rank_weights` over
+  the cosine and the model's outputs (`search.ranking`, chosen on valid by `search.blend`; by
+  default the model's score alone);
 - `retrieve_top(query, k)`: retrieval alone, no model (what `search_top` re-ranks, in retrieval's
   order; `scores` are the cosines, `labels` empty, `probabilities` zero): the fast path (#34);
 - `similar_products(product_id)`: nearest products by product vector (the product left out);
@@ -20,7 +21,7 @@ stock TF ops plus the TF-Text tokenizer ops the relevance export already has:
   in embedding space are not seen.
 
 Outputs per query: `product_ids`, `titles`, `labels` [B, k] strings, `scores` [B, k] (what ordered
-the list: the blend for `search`, the model's expected gain at weight 1; complement probability
+the list: the ranking key for `search`, the model's expected gain by default; complement probability
 for `complements`, cosine for `similar_products`), `probabilities` [B, k, num_labels],
 `retrieval_scores` [B, k] (cosine). Bad input is an `InvalidArgumentError` naming it: an empty
 query, k outside 1..catalogue size, an unknown product id, too many rows.
@@ -39,6 +40,7 @@ import tensorflow as tf
 from esr_tf.constants import DEFAULT_K, DEFAULT_RERANK
 from esr_tf.preprocessing.pipeline import ANY_RANK_STRINGS, one_value_per_row
 from esr_tf.search.catalogue import IndexArrays
+from esr_tf.search.ranking import blend_weights, checked_weights, rank_features
 from esr_tf.search.towers import query_tower, sentence_embedding, trim_padding
 
 COMPLEMENT_POOL = 100
@@ -59,10 +61,12 @@ def complement_label(label_set) -> int | None:
 class CatalogueVariables(tf.Module):
     """The catalogue as variables: what an index export tracks as `index` and `read_index` reads back."""
 
-    def __init__(self, model, arrays: IndexArrays, rerank_weight: float = 1.0) -> None:
+    def __init__(self, model, arrays: IndexArrays, rank_weights=None) -> None:
         super().__init__(name="catalogue")
-        # How `search` blends the model's score with retrieval's cosine (`search.blend`; 1: the model alone).
-        self.rerank_weight = tf.Variable(float(rerank_weight), trainable=False, name="rerank_weight")
+        # What `search` orders re-ranked products by (`search.ranking`; None: the model's score alone).
+        num_labels = model.label_set.num_labels
+        weights = blend_weights(1.0, num_labels) if rank_weights is None else checked_weights(rank_weights, num_labels)
+        self.rank_weights = tf.Variable(weights, trainable=False, name="rank_weights")
         self.product_ids = tf.Variable(arrays.product_ids.astype(str).tolist(), trainable=False, name="product_ids")
         self.titles = tf.Variable(arrays.titles.astype(str).tolist(), trainable=False, name="titles")
         missing = [f for f in model.preprocessor.product_fields if f != "title" and f not in arrays.fields]
@@ -87,13 +91,13 @@ class CatalogueSearch:
     A plain object, not a `tf.Module`: an export tracks only `catalogue` (and the variables its
     functions read, `export.archive`), never the Keras models (keras-team/keras#20095)."""
 
-    def __init__(self, model, towers, arrays: IndexArrays, rerank_weight: float = 1.0) -> None:
+    def __init__(self, model, towers, arrays: IndexArrays, rank_weights=None) -> None:
         if not len(arrays.product_ids):
             raise ValueError("an index needs at least one product")
         self.model = model
         self.query_tower = query_tower(towers)
         self.size = len(arrays.product_ids)
-        self.catalogue = CatalogueVariables(model, arrays, rerank_weight)
+        self.catalogue = CatalogueVariables(model, arrays, rank_weights)
         c = self.catalogue
         self.product_ids, self.titles, self.fields = c.product_ids, c.titles, c.fields
         self.embeddings, self.photo_tokens, self.photo_row = c.embeddings, c.photo_tokens, c.photo_row
@@ -194,8 +198,8 @@ class CatalogueSearch:
         n = tf.clip_by_value(tf.maximum(rerank, k), 1, self.size)  # re-rank at least k, at most all
         retrieval, rows = self.retrieve(self.query_vectors(query, packed), n)
         scored = self._rerank(query, rows)
-        weight = self.catalogue.rerank_weight
-        return self._ranked(rows, retrieval, scored, weight * scored["score"] + (1.0 - weight) * retrieval, k)
+        features = rank_features(retrieval, scored["probabilities"], scored["score"])
+        return self._ranked(rows, retrieval, scored, tf.linalg.matvec(features, self.catalogue.rank_weights), k)
 
     def _retrieve_top(self, query, k):
         query, packed = self._queries(query)

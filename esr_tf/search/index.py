@@ -35,7 +35,7 @@ from esr_tf.export.saved_model import (
     write_version,
 )
 from esr_tf.export.versions import check_model_name, version_numbers
-from esr_tf.search.blend import choose_rerank_weight
+from esr_tf.search.blend import choose_ranking
 from esr_tf.search.catalogue import (
     IndexArrays,
     IndexBuildError,
@@ -45,6 +45,7 @@ from esr_tf.search.catalogue import (
     read_index,
 )
 from esr_tf.search.graph import CatalogueSearch
+from esr_tf.search.ranking import weights_of
 from esr_tf.search.requests import search_warmup_records
 from esr_tf.serving.requests import WARMUP_FILE_NAME, write_warmup_file
 from esr_tf.training.stored_photos import StoredPhotos
@@ -110,8 +111,9 @@ def export_search_index(model, towers, products: Sequence, base_dir: str | Path,
                         choose_on=None, qrels: str | Path | None = None, stored: StoredPhotos | None = None) -> Path:
     """Embeds `products` (`data.Product`s) and writes a search index version; returns its path.
 
-    `choose_on`: a catalogue whose valid queries choose how `search` blends the model's score with
-    retrieval's (`search.blend`, judged by `qrels` if given); without one the model's order alone.
+    `choose_on`: a catalogue whose valid queries choose how `search` orders what it re-ranks
+    (`search.blend`: a blend of the model's score with retrieval's, or the list head fitted on its
+    train queries; judged by `qrels` if given); without one the model's order alone.
     `stored`: photo feature maps a feature store holds (`StoredPhotos`), read instead of computed."""
     arrays = embed_catalogue(model, towers, products, stored=stored)
     return write_index(model, towers, arrays, base_dir, model_name=model_name, version=version,
@@ -125,8 +127,8 @@ def write_index(model, towers, arrays: IndexArrays, base_dir: str | Path, *, mod
     search = CatalogueSearch(model, towers, arrays)
     info = _info(model, towers, arrays, source)
     if choose_on is not None:
-        info["rerank"] = choose_rerank_weight(search, choose_on, qrels=qrels)
-        search.catalogue.rerank_weight.assign(info["rerank"]["rerank_weight"])
+        info["rerank"] = choose_ranking(search, choose_on, qrels=qrels)
+        search.catalogue.rank_weights.assign(info["rerank"]["rank_weights"])
     return write_version(base_dir, model_name, version, overwrite,
                          lambda target: _write_index(search, arrays, target, model_name, info))
 
@@ -158,10 +160,10 @@ def update_search_index(model, towers, base_dir: str | Path, model_name: str, *,
                 "differ); rebuild the index without --add / --remove")
         arrays = merge(read_index(previous), new, remove)
         info = _info(model, towers, arrays, source)
-        rerank = previous_info.get("rerank")  # the blend chosen when the catalogue was indexed carries over
+        rerank = previous_info.get("rerank")  # the ranking chosen when the catalogue was indexed carries over
         if rerank:
             info["rerank"] = rerank
-        search = CatalogueSearch(model, towers, arrays, (rerank or {}).get("rerank_weight", 1.0))
+        search = CatalogueSearch(model, towers, arrays, weights_of(rerank, model.label_set.num_labels))
         _write_index(search, arrays, target, model_name, info)
 
     latest_version(base_dir, model_name)  # a clear error before anything is written

@@ -168,6 +168,8 @@ def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue
 
     import tensorflow as tf
 
+    from esr_tf.search.ranking import blend_weights
+
     model, base = str(tiny_trained.model_path), tmp_path / "models"
     shutil.copytree(tiny_index, base / "shop" / "1")  # version 1 as `esr-tf index --data` wrote it
     info = base / "shop" / "1" / "assets.extra" / "esr_tf_index.json"
@@ -179,11 +181,11 @@ def test_index_add_and_remove_from_the_command_line(tiny_trained, tiny_catalogue
     code, out, _ = _run(["index", "--model", model, "--base", str(base), "--name", "shop", "--add",
                          str(tmp_path / "more.csv"), "--remove", str(tmp_path / "gone.txt"), "--no-verify"], capsys)
     assert code == 0 and "shop/2" in out
-    # the blend chosen when the catalogue was indexed carries over to the next version (#31)
+    # the ranking chosen when the catalogue was indexed carries over to the next version (#31)
     assert json.loads((base / "shop" / "2" / "assets.extra" / "esr_tf_index.json").read_text())["rerank"] == rerank
     reader = tf.train.load_checkpoint(str(base / "shop" / "2" / "variables" / "variables"))
-    (key,) = [k for k in reader.get_variable_to_shape_map() if "rerank_weight" in k]
-    assert reader.get_tensor(key) == np.float32(0.3)
+    (key,) = [k for k in reader.get_variable_to_shape_map() if "rank_weights" in k]
+    assert reader.get_tensor(key).tolist() == blend_weights(0.3, 4).tolist()  # a blend recorded before the list head
     code, out, _ = _run(["search", "--model", f"{base}/shop", "zorblax quantum teapot", "--json",
                          "--k", str(len(tiny_catalogue.products))], capsys)
     ids = [h["product_id"] for h in json.loads(out)]

@@ -70,20 +70,61 @@ def test_retrieve_top_is_retrievals_own_order_without_the_model(loaded):
         loaded.signatures["retrieve_top"](query=tf.constant(["\u00a0"]), k=tf.constant(3))
 
 
-def test_rerank_weight_blends_the_model_score_with_the_cosine(loaded):
-    """#31: `search_top` orders by weight x score + (1 - weight) x cosine: at 0, retrieval's own
-    order; at 1 (an index built without a valid choice), the model's order."""
+def test_rank_weights_order_the_reranked_list(loaded):
+    """#31: `search_top` orders by `rank_weights` over (cosine, log-probabilities, score): the
+    blend at 0 is retrieval's own order; by default (an index built without a valid choice), the
+    model's score alone."""
+    from esr_tf.search.ranking import blend_weights
+
     size = int(loaded.index.product_ids.shape[0])
+    model_alone = blend_weights(1.0, 4)
+    assert np.array_equal(loaded.index.rank_weights.numpy(), model_alone)  # tiny_index: built without a choice
     try:
-        loaded.index.rerank_weight.assign(0.0)
+        loaded.index.rank_weights.assign(blend_weights(0.0, 4))
         out = _search(loaded, ["red sneakers"], k=size, rerank=size)
         cosine = out["retrieval_scores"].numpy()[0]
         assert (np.diff(cosine) <= 0).all() and np.allclose(out["scores"].numpy()[0], cosine)
     finally:
-        loaded.index.rerank_weight.assign(1.0)
-    assert float(loaded.index.rerank_weight.numpy()) == 1.0  # tiny_index: built without a choice
+        loaded.index.rank_weights.assign(model_alone)
     scores = _search(loaded, ["red sneakers"], k=size, rerank=size)["scores"].numpy()[0]
     assert (np.diff(scores) <= 0).all()
+
+
+def test_the_served_key_is_the_features_times_the_weights(loaded):
+    """The graph's ranking key is `rank_features(...) @ rank_weights`, the formula the choice on
+    valid scores candidates by (`search.blend`): any weights, the same order and values."""
+    from esr_tf.search.ranking import blend_weights, rank_features
+
+    size = int(loaded.index.product_ids.shape[0])
+    plain = _search(loaded, ["red sneakers"], k=size, rerank=size)  # the model's score alone
+    features = rank_features(plain["retrieval_scores"][0], plain["probabilities"][0], plain["scores"][0]).numpy()
+    weights = np.array([0.7, 0.3, -0.2, 0.1, -0.4, 0.5], np.float32)
+    try:
+        loaded.index.rank_weights.assign(weights)
+        out = _search(loaded, ["red sneakers"], k=size, rerank=size)
+    finally:
+        loaded.index.rank_weights.assign(blend_weights(1.0, 4))
+    expected = dict(zip(plain["product_ids"].numpy()[0].tolist(), features @ weights, strict=True))
+    got = dict(zip(out["product_ids"].numpy()[0].tolist(), out["scores"].numpy()[0], strict=True))
+    assert got.keys() == expected.keys() and all(abs(got[p] - expected[p]) < 1e-5 for p in got)
+    assert (np.diff(out["scores"].numpy()[0]) <= 0).all()
+
+
+def test_choosing_on_the_tiny_shop_records_weights_search_can_use(loaded, tiny_trained):
+    """`choose_ranking` end to end on a real index: the list head is fitted on the train queries'
+    lists and the valid queries pick among it and the blends; its weights fit the graph."""
+    from types import SimpleNamespace
+
+    from esr_tf.search.blend import LIST_HEAD, WEIGHTS, choose_ranking
+
+    search = SimpleNamespace(size=int(loaded.index.product_ids.shape[0]),
+                             catalogue=SimpleNamespace(rank_weights=loaded.index.rank_weights),
+                             search_top=lambda q, k, r: loaded.signatures["search_top"](query=q, k=k, rerank=r))
+    choice = choose_ranking(search, tiny_trained.catalogue, rerank=8, k=8)
+    assert choice["list_head_train_queries"] > 0 and LIST_HEAD in choice["by_candidate"]
+    assert len(choice["by_candidate"]) == len(WEIGHTS) + 1 and len(choice["rank_weights"]) == 6
+    best = choice["by_candidate"][choice["ranking"]]["ndcg@8"]
+    assert best >= choice["by_candidate"]["blend 0.0"]["ndcg@8"], "never below retrieval on valid"
 
 
 def test_scores_match_the_relevance_model(loaded, tiny_trained):
