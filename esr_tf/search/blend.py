@@ -37,16 +37,18 @@ LIST_HEAD = "list head"
 
 
 def candidate_lists(search, judged: Judged, n: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """(product ids per query, features `[Q, n, F]`) of retrieval's top `n` for `judged`'s queries."""
+    """(product ids per query, features `[Q, n, F]`) of retrieval's top `n` for `judged`'s
+    queries, each list in retrieval's order (the list head's order among equal gains)."""
     before = search.catalogue.rank_weights.numpy()
     search.catalogue.rank_weights.assign(blend_weights(1.0, len(before) - 2))  # `scores`: the model's own
     ids, features = [], []
     try:
         for query, _ in judged.values():
             out = search.search_top(tf.constant([query]), tf.constant(n, tf.int32), tf.constant(n, tf.int32))
-            ids.append(np.array([p.decode() for p in out["product_ids"].numpy()[0]], dtype=object))
+            order = np.argsort(-out["retrieval_scores"].numpy()[0], kind="stable")
+            ids.append(np.array([p.decode() for p in out["product_ids"].numpy()[0]], dtype=object)[order])
             features.append(rank_features(out["retrieval_scores"][0], out["probabilities"][0],
-                                          out["scores"][0]).numpy())
+                                          out["scores"][0]).numpy()[order])
     finally:
         search.catalogue.rank_weights.assign(before)
     return ids, np.stack(features) if features else np.zeros((0, n, len(before)), np.float32)

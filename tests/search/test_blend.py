@@ -96,3 +96,13 @@ def test_list_head_learns_the_judged_order_and_starts_from_retrieval():
     weights = fit_list_head(features, np.array([[0.0, 1.0], [0.0, 1.0]], np.float32))
     assert (features[:, 1] @ weights > features[:, 0] @ weights).all()
     assert np.array_equal(weights, fit_list_head(features, np.array([[0.0, 1.0], [0.0, 1.0]], np.float32)))
+
+
+def test_candidate_lists_come_in_retrieval_order():
+    """The list head's target among equal gains is the list's order: retrieval's, not the model's."""
+    from esr_tf.search.blend import candidate_lists
+
+    search = FakeSearch({"p1": 0.1, "p2": 0.5, "p3": 0.9})  # the model's order is p3, p2, p1
+    search.catalogue.rank_weights.assign(blend_weights(1.0, 4))
+    ids, features = candidate_lists(search, {"q": ("shoe", {"p3": 3.0})}, 3)
+    assert ids[0].tolist() == ["p1", "p2", "p3"] and np.allclose(features[0, :, 0], [0.9, 0.5, 0.1])
