@@ -5,7 +5,11 @@
 
 - the blends `weight x score + (1 - weight) x cosine` for weight 0, 0.1, ..., 1 (0: retrieval's
   order, 1: the model's alone);
-- the list head (`search.list_head`), fitted on the train queries' own candidate lists.
+- the list head (`search.list_head`), fitted on the train queries' own candidate lists;
+- the list head fitted on the valid queries' lists, cross-fitted: its valid figures come from
+  `FOLDS` heads, each fitted on the other folds' queries and scoring its own fold (what the model
+  says on queries it never trained on, unlike the train queries' probabilities); the head that
+  ships is fitted on all of them.
 
 The model was trained on judged candidate lists, not on ordering a whole catalogue, so its order
 can be worse than retrieval's; `choose_ranking` picks the candidate with the best nDCG@10 over
@@ -34,6 +38,8 @@ from esr_tf.search.ranking import blend_weights, rank_features
 
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))  # the blend grid, 0 (retrieval) .. 1 (the model)
 LIST_HEAD = "list head"
+VALID_HEAD = "list head on valid"
+FOLDS = 5  # cross-fitting folds of the valid queries; fewer than 2 * FOLDS valid queries: no valid head
 
 
 def candidate_lists(search, judged: Judged, n: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -54,6 +60,11 @@ def candidate_lists(search, judged: Judged, n: int) -> tuple[list[np.ndarray], n
     return ids, np.stack(features) if features else np.zeros((0, n, len(before)), np.float32)
 
 
+def _gains(ids: list[np.ndarray], judged: Judged, n: int) -> np.ndarray:
+    return np.array([[labels.get(p, 0.0) for p in row] for row, (_, labels) in zip(ids, judged.values(), strict=True)],
+                    np.float32).reshape(len(ids), n)
+
+
 def fit_on_train(search, catalogue, n: int, split: str = "train") -> tuple[np.ndarray | None, int]:
     """(list head weights or None, train queries used): the catalogue's judged pairs of `split`
     (what the model trained on; unjudged candidates gain 0), at most `MAX_QUERIES` queries."""
@@ -62,11 +73,20 @@ def fit_on_train(search, catalogue, n: int, split: str = "train") -> tuple[np.nd
         keep = sorted(str(q) for q in np.random.default_rng(0).choice(sorted(judged), MAX_QUERIES, replace=False))
         judged = {q: judged[q] for q in keep}
     ids, features = candidate_lists(search, judged, n)
-    gains = np.array([[labels.get(p, 0.0) for p in row] for row, (_, labels) in zip(ids, judged.values(), strict=True)],
-                     np.float32).reshape(len(ids), n)
+    gains = _gains(ids, judged, n)
     if not (gains > 0).any():
         return None, 0
     return fit_list_head(features, gains), len(judged)
+
+
+def cross_fitted(features: np.ndarray, gains: np.ndarray, folds: int = FOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """(weights fitted on every list, keys `[Q, N]` each scored by a head fitted without its fold):
+    the valid head's honest figures on the lists it is fitted on. Folds: every `folds`-th query."""
+    keys = np.zeros(gains.shape, np.float32)
+    for fold in range(folds):
+        held = np.arange(len(gains)) % folds == fold
+        keys[held] = features[held] @ fit_list_head(features[~held], gains[~held])
+    return fit_list_head(features, gains), keys
 
 
 def choose_ranking(search, catalogue, *, split: str = "valid", qrels: str | Path | None = None,
@@ -83,15 +103,17 @@ def choose_ranking(search, catalogue, *, split: str = "valid", qrels: str | Path
         return {"ranking": "blend 1.0", "rank_weights": blend_weights(1.0, num_labels).tolist(),
                 "chosen_on": f"no {split} query has an exact product: the model's order"}
     n, k = min(rerank, search.size), min(k, search.size)
+    ids, features = candidate_lists(search, judged, n)
     candidates = {f"blend {w}": blend_weights(w, num_labels) for w in WEIGHTS}
+    keys = {name: features @ weights for name, weights in candidates.items()}
     head, fit_queries = fit_on_train(search, catalogue, n)
     if head is not None:
-        candidates[LIST_HEAD] = head
-    exact_gain = float(max(catalogue.label_set.gains))
-    ids, features = candidate_lists(search, judged, n)
-    mean = {}
-    for name, weights in candidates.items():
-        orders = np.argsort(-(features @ weights), axis=1, kind="stable")
+        candidates[LIST_HEAD], keys[LIST_HEAD] = head, features @ head
+    if len(judged) >= 2 * FOLDS:
+        candidates[VALID_HEAD], keys[VALID_HEAD] = cross_fitted(features, _gains(ids, judged, n))
+    exact_gain, mean = float(max(catalogue.label_set.gains)), {}
+    for name, key in keys.items():
+        orders = np.argsort(-key, axis=1, kind="stable")
         mean[name] = np.mean([list_metrics(list(row[order]), labels, exact_gain, k)
                               for row, order, (_, labels) in zip(ids, orders, judged.values(), strict=True)], axis=0)
     names = list(candidates)
@@ -114,6 +136,7 @@ def describe(choice: dict) -> str:
     if not by:  # no valid queries, or an index recorded before the list head (a blend weight)
         return f"re-ranking: {name} ({choice.get('chosen_on', 'recorded in the index')})"
     ndcg = next(key for key in by["blend 1.0"] if key.startswith("ndcg"))
-    head = f", the list head {by[LIST_HEAD][ndcg]:.3f}" if LIST_HEAD in by else ""
+    head = "".join(f", {label} {by[name][ndcg]:.3f}" for name, label in
+                   ((LIST_HEAD, "the list head"), (VALID_HEAD, "the list head on valid (cross-fitted)")) if name in by)
     return (f"re-ranking: {name} ({choice['chosen_on']}: {ndcg} {by[name][ndcg]:.3f}; "
             f"the model alone {by['blend 1.0'][ndcg]:.3f}, retrieval alone {by['blend 0.0'][ndcg]:.3f}{head})")

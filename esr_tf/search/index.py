@@ -112,8 +112,9 @@ def export_search_index(model, towers, products: Sequence, base_dir: str | Path,
     """Embeds `products` (`data.Product`s) and writes a search index version; returns its path.
 
     `choose_on`: a catalogue whose valid queries choose how `search` orders what it re-ranks
-    (`search.blend`: a blend of the model's score with retrieval's, or the list head fitted on its
-    train queries; judged by `qrels` if given); without one the model's order alone.
+    (`search.blend`: a blend of the model's score with retrieval's, or a list head fitted on its
+    train or, cross-fitted, its valid queries; judged by `qrels` if given); without one the
+    model's order alone.
     `stored`: photo feature maps a feature store holds (`StoredPhotos`), read instead of computed."""
     arrays = embed_catalogue(model, towers, products, stored=stored)
     return write_index(model, towers, arrays, base_dir, model_name=model_name, version=version,

@@ -9,8 +9,9 @@ what it is trained on, unjudged candidates count as gain 0 (as search meets them
 comparable across it. keras_rs sorts by gain without shuffling ties, so among the unjudged the
 target order is retrieval's own: where nothing was judged the head learns to keep it (unlike
 `PairwiseLogisticLoss`, which lost to retrieval on the demo shop's valid queries when screened).
-A linear layer, one weight per feature: cheap to fit at index time and to run in the graph,
-nothing for TF Serving to lack.
+`search.blend` also fits one on the valid queries' lists, cross-fitted, and lets the valid
+figures choose. A linear layer, one weight per feature: cheap to fit at index time and to run in
+the graph, nothing for TF Serving to lack.
 
 Example:
 >>> import numpy as np

@@ -1,5 +1,6 @@
 """`search.blend`: how search orders what it re-ranks, chosen on valid (#31): the blends of the
-model's score with retrieval's cosine, and the list head fitted on the train queries' lists."""
+model's score with retrieval's cosine, and the list heads fitted on the train queries' lists and,
+cross-fitted, on the valid queries' own."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from esr_tf.labels import ESCI
-from esr_tf.search.blend import LIST_HEAD, WEIGHTS, choose_ranking, describe
+from esr_tf.search.blend import FOLDS, LIST_HEAD, VALID_HEAD, WEIGHTS, choose_ranking, cross_fitted, describe
 from esr_tf.search.list_head import fit_list_head
 from esr_tf.search.ranking import blend_weights, rank_features, weights_of
 
@@ -106,3 +107,28 @@ def test_candidate_lists_come_in_retrieval_order():
     search.catalogue.rank_weights.assign(blend_weights(1.0, 4))
     ids, features = candidate_lists(search, {"q": ("shoe", {"p3": 3.0})}, 3)
     assert ids[0].tolist() == ["p1", "p2", "p3"] and np.allclose(features[0, :, 0], [0.9, 0.5, 0.1])
+
+
+def test_the_valid_head_is_scored_on_folds_it_was_not_fitted_on():
+    """Two queries of one fold want the low-cosine candidate, the other eight the high one: their
+    out-of-fold keys follow the other folds (no leak of their own gains); the head that ships is
+    fitted on all ten."""
+    features = np.tile(np.array([[[0.9, 0.0], [0.1, 1.0]]], np.float32), (10, 1, 1))
+    gains = np.tile(np.array([[1.0, 0.0]], np.float32), (10, 1))
+    gains[[0, FOLDS]] = [0.0, 1.0]
+    weights, keys = cross_fitted(features, gains)
+    assert (keys[:, 0] > keys[:, 1]).all()
+    assert np.array_equal(weights, fit_list_head(features, gains))
+
+
+def test_the_valid_head_needs_enough_valid_queries_and_can_win():
+    """Score and cosine both put the exact p3 last, its probability of Exact does not, and no train
+    query is judged: with ten valid queries the cross-fitted head learns it from the other folds."""
+    search = FakeSearch({"p1": 0.9, "p2": 0.5, "p3": 0.1}, p_exact={"p1": 0.1, "p2": 0.2, "p3": 0.9})
+    examples = [SimpleNamespace(query_id=f"q{i}", query="shoe", product_id="p3", label=ESCI.codes.index("E"))
+                for i in range(2 * FOLDS)]
+    catalogue = SimpleNamespace(label_set=ESCI, root="shop", select=lambda split: examples if split == "valid" else [])
+    choice = choose_ranking(search, catalogue, k=1)
+    assert choice["ranking"] == VALID_HEAD and choice["by_candidate"][VALID_HEAD]["ndcg@1"] == 1.0
+    few = SimpleNamespace(label_set=ESCI, root="shop", select=lambda split: examples[:-1] if split == "valid" else [])
+    assert VALID_HEAD not in choose_ranking(search, few, k=1)["by_candidate"]

@@ -112,17 +112,19 @@ def test_the_served_key_is_the_features_times_the_weights(loaded):
 
 def test_choosing_on_the_tiny_shop_records_weights_search_can_use(loaded, tiny_trained):
     """`choose_ranking` end to end on a real index: the list head is fitted on the train queries'
-    lists and the valid queries pick among it and the blends; its weights fit the graph."""
+    lists and the valid queries pick among it, the blends (and, with enough valid queries, the
+    head cross-fitted on them); its weights fit the graph."""
     from types import SimpleNamespace
 
-    from esr_tf.search.blend import LIST_HEAD, WEIGHTS, choose_ranking
+    from esr_tf.search.blend import FOLDS, LIST_HEAD, WEIGHTS, choose_ranking
 
     search = SimpleNamespace(size=int(loaded.index.product_ids.shape[0]),
                              catalogue=SimpleNamespace(rank_weights=loaded.index.rank_weights),
                              search_top=lambda q, k, r: loaded.signatures["search_top"](query=q, k=k, rerank=r))
     choice = choose_ranking(search, tiny_trained.catalogue, rerank=8, k=8)
     assert choice["list_head_train_queries"] > 0 and LIST_HEAD in choice["by_candidate"]
-    assert len(choice["by_candidate"]) == len(WEIGHTS) + 1 and len(choice["rank_weights"]) == 6
+    with_valid_head = choice["valid_queries"] >= 2 * FOLDS  # the cross-fitted head on valid's own lists
+    assert len(choice["by_candidate"]) == len(WEIGHTS) + 1 + with_valid_head and len(choice["rank_weights"]) == 6
     best = choice["by_candidate"][choice["ranking"]]["ndcg@8"]
     assert best >= choice["by_candidate"]["blend 0.0"]["ndcg@8"], "never below retrieval on valid"
 
