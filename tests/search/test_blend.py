@@ -130,5 +130,6 @@ def test_the_valid_head_needs_enough_valid_queries_and_can_win():
     catalogue = SimpleNamespace(label_set=ESCI, root="shop", select=lambda split: examples if split == "valid" else [])
     choice = choose_ranking(search, catalogue, k=1)
     assert choice["ranking"] == VALID_HEAD and choice["by_candidate"][VALID_HEAD]["ndcg@1"] == 1.0
+    assert describe(choice).endswith("the list head on valid (cross-fitted) 1.000)")
     few = SimpleNamespace(label_set=ESCI, root="shop", select=lambda split: examples[:-1] if split == "valid" else [])
     assert VALID_HEAD not in choose_ranking(search, few, k=1)["by_candidate"]
