@@ -105,15 +105,15 @@ def choose_ranking(search, catalogue, *, split: str = "valid", qrels: str | Path
     n, k = min(rerank, search.size), min(k, search.size)
     ids, features = candidate_lists(search, judged, n)
     candidates = {f"blend {w}": blend_weights(w, num_labels) for w in WEIGHTS}
-    keys = {name: features @ weights for name, weights in candidates.items()}
     head, fit_queries = fit_on_train(search, catalogue, n)
     if head is not None:
-        candidates[LIST_HEAD], keys[LIST_HEAD] = head, features @ head
+        candidates[LIST_HEAD] = head
+    out_of_fold = {}  # a head fitted on these very queries is scored by its held-out folds' keys
     if len(judged) >= 2 * FOLDS:
-        candidates[VALID_HEAD], keys[VALID_HEAD] = cross_fitted(features, _gains(ids, judged, n))
+        candidates[VALID_HEAD], out_of_fold[VALID_HEAD] = cross_fitted(features, _gains(ids, judged, n))
     exact_gain, mean = float(max(catalogue.label_set.gains)), {}
-    for name, key in keys.items():
-        orders = np.argsort(-key, axis=1, kind="stable")
+    for name, weights in candidates.items():
+        orders = np.argsort(-out_of_fold.get(name, features @ weights), axis=1, kind="stable")
         mean[name] = np.mean([list_metrics(list(row[order]), labels, exact_gain, k)
                               for row, order, (_, labels) in zip(ids, orders, judged.values(), strict=True)], axis=0)
     names = list(candidates)
