@@ -182,7 +182,7 @@ def add_search_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing version")
     p.add_argument("--missing-images", default="no_image", choices=MISSING_IMAGE_POLICIES)
     p.add_argument("--judgments", metavar="QRELS", help="complete judgments (query_id,product_id,label) for the "
-                   "valid queries that choose how search blends the model's score with retrieval's (with --data)")
+                   "valid queries that choose how search orders what it re-ranks (with --data)")
     p.add_argument("--feature-store", metavar="DIR", help="a training feature store whose photo feature maps "
                    "are reused (default: the run's own, from config.json next to --model)")
     p.add_argument("--no-verify", action="store_true")
